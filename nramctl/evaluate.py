@@ -1,0 +1,95 @@
+"""Evaluation (SPEC section 3): error on the scored cells at the halting step, fuzzy and discretized.
+
+error         = wrong scored cells / all scored cells
+example_error = share of examples with any wrong scored cell
+Results are per seed: a model with S seeds is evaluated on the same examples for every seed.
+"""
+import numpy as np
+import torch
+
+from .data import concat, make_batch
+from .discrete import discrete_run
+from .machine import fuzzy_run
+
+
+def score(pred, batch, S):
+    """pred [N, M] with N = S * E -> (error [S], example_error [S], wrong [N] bool)."""
+    wrong_cells = (pred != batch.target) & batch.mask
+    wrong = wrong_cells.view(S, -1, pred.shape[1])
+    scored = batch.mask.view(S, -1, pred.shape[1]).sum((1, 2)).clamp_min(1)
+    err = wrong.sum((1, 2)).double() / scored
+    ex = wrong.any(2).double().mean(1)
+    return err, ex, wrong_cells.any(1)
+
+
+def predict(model, batch, discrete=False):
+    """Memory argmax at the halting step for every row: [N, M]."""
+    with torch.no_grad():
+        if discrete:
+            return discrete_run(model, batch.memory, batch.T)[0]
+        return fuzzy_run(model, batch).pred
+
+
+def eval_batch(cfg, M, difficulties, rng, S):
+    """The same examples for every seed: a Batch of S * len(difficulties) rows."""
+    b = make_batch(cfg.task, M, difficulties, rng, cfg.T)
+    return concat([b] * S)
+
+
+def evaluate(model, cfg, M, difficulties, rng, discrete=False, chunk=500):
+    """Error of every seed on fresh examples with the given difficulties (an array).
+    Returns dict of [S] arrays: error, example_error; plus discrete_agrees when fuzzy and discrete
+    both run (see `compare`)."""
+    S = model.S
+    wrong = scored = ex = 0
+    for lo in range(0, len(difficulties), chunk):
+        part = difficulties[lo:lo + chunk]
+        b = eval_batch(cfg, M, part, rng, S)
+        pred = predict(model, b, discrete)
+        w = ((pred != b.target) & b.mask).view(S, len(part), M)
+        wrong = wrong + w.sum((1, 2)).numpy()
+        scored = scored + b.mask.view(S, len(part), M).sum((1, 2)).numpy()
+        ex = ex + w.any(2).sum(1).numpy()
+    return {"error": wrong / np.maximum(scored, 1), "example_error": ex / len(difficulties)}
+
+
+def compare(model, cfg, M, difficulties, rng, chunk=250):
+    """Fuzzy and discretized runs on the same examples. Returns dict of [S] arrays: error,
+    discrete_error, example_error, discrete_example_error, discrete_agrees (share of examples whose
+    discretized scored output equals the fuzzy one)."""
+    S = model.S
+    acc = {k: 0 for k in ("wrong", "dwrong", "scored", "ex", "dex", "agree")}
+    for lo in range(0, len(difficulties), chunk):
+        part = difficulties[lo:lo + chunk]
+        b = eval_batch(cfg, M, part, rng, S)
+        fz, dz = predict(model, b), predict(model, b, discrete=True)
+        shape = (S, len(part), M)
+        w, dw = ((fz != b.target) & b.mask).view(shape), ((dz != b.target) & b.mask).view(shape)
+        same = ~(((fz != dz) & b.mask).view(shape).any(2))
+        acc["wrong"] += w.sum((1, 2)).numpy()
+        acc["dwrong"] += dw.sum((1, 2)).numpy()
+        acc["scored"] += b.mask.view(shape).sum((1, 2)).numpy()
+        acc["ex"] += w.any(2).sum(1).numpy()
+        acc["dex"] += dw.any(2).sum(1).numpy()
+        acc["agree"] += same.sum(1).numpy()
+    n, scored = len(difficulties), np.maximum(acc["scored"], 1)
+    return {"error": acc["wrong"] / scored, "discrete_error": acc["dwrong"] / scored,
+            "example_error": acc["ex"] / n, "discrete_example_error": acc["dex"] / n,
+            "discrete_agrees": acc["agree"] / n}
+
+
+def generalization(model, cfg, M, per_difficulty, rng, max_difficulty=None, progress=None):
+    """A row per difficulty from the task's minimum to the largest that M holds (or max_difficulty):
+    difficulty, T, and compare()'s figures for each seed."""
+    from .tasks import task
+    t = task(cfg.task)
+    top = t.max_difficulty(M)
+    if max_difficulty:
+        top = min(top, max_difficulty)
+    rows = []
+    for n in range(t.min_difficulty, top + 1):
+        r = compare(model, cfg, M, np.full(per_difficulty, n), rng)
+        rows.append({"difficulty": n, "T": cfg.T_of(n), **r})
+        if progress:
+            progress(n, top)
+    return rows

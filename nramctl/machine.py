@@ -1,0 +1,202 @@
+"""The fuzzy Neural Random-Access Machine (SPEC section 1).
+
+Shapes: S seeds, B examples per seed, N = S * B rows, R registers, Q gates, K = R + Q sources,
+M memory cells (= value range), T timesteps.
+
+One timestep (`step`):
+  1. the controller reads P(r_i = 0) [N, R] and emits one logit vector;
+  2. gate i's inputs A, B are softmax mixtures of the R registers and gates 1..i-1's outputs;
+  3. gates run in order; READ sees WRITEs made earlier in the same step;
+  4. all registers are replaced at once by softmax mixtures of the K sources;
+  5. f = sigmoid(stop logit).
+
+Machine state is a value: `State` goes into `step` and a new one comes out.
+"""
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from .controller import build_controller
+from .gates import circuit
+
+
+class State(NamedTuple):
+    registers: torch.Tensor       # [N, R, M]
+    memory: torch.Tensor          # [N, M, M], memory[n, i, j] = P(cell i holds j)
+    ctl: tuple                    # controller state (empty for an MLP)
+    t: int                        # timesteps already executed
+
+
+class Choices(NamedTuple):
+    """The controller's decisions for one timestep, as logits (masked where a source is not allowed)."""
+    args: torch.Tensor            # [N, Q, 2, K] logits over sources for each gate input
+    regs: torch.Tensor            # [N, R, K] logits over sources for each new register
+    stop: torch.Tensor            # [N] stop logit
+
+
+class NRAM(nn.Module):
+    """Controller plus circuit description. `seed_values` gives one model per seed (S = len)."""
+
+    def __init__(self, R, gates, repeat=1, controller="mlp", hidden=64, seed_values=(0,)):
+        super().__init__()
+        self.R, self.gates = R, circuit(gates, repeat)
+        self.gate_names, self.repeat = list(gates), repeat
+        self.Q, self.K, self.S = len(self.gates), R + len(self.gates), len(seed_values)
+        self.kind, self.hidden = controller, hidden
+        n_out = 2 * self.Q * self.K + R * self.K + 1
+        self.controller = build_controller(controller, self.S, R, hidden, n_out, seed_values)
+        # gate i may read the R registers and the outputs of gates 0..i-1
+        allowed = torch.arange(self.K)[None, :] < (R + torch.arange(self.Q))[:, None]
+        mask = torch.zeros(self.Q, 2, self.K).masked_fill(~allowed[:, None, :], float("-inf"))
+        self.register_buffer("arg_mask", mask, persistent=False)
+        self.register_buffer("arity", torch.tensor([g.arity for g in self.gates]), persistent=False)
+
+    def initial_state(self, memory):
+        """memory: [N, M] integer cells -> State with one-hot memory and all registers at 0."""
+        N, M = memory.shape
+        dtype = self.arg_mask.dtype
+        mem = torch.nn.functional.one_hot(memory, M).to(dtype)
+        regs = torch.zeros(N, self.R, M, dtype=dtype)
+        regs[:, :, 0] = 1.0
+        return State(regs, mem, self.controller.initial_state(self.S, N // self.S, mem), 0)
+
+    def choose(self, zero_prob, ctl):
+        """zero_prob: [N, R] = P(r_i = 0) -> (Choices, new controller state)."""
+        N = zero_prob.shape[0]
+        logits, ctl = self.controller(zero_prob.view(self.S, N // self.S, self.R), ctl)
+        logits = logits.reshape(N, -1)
+        n_args = 2 * self.Q * self.K
+        args = logits[:, :n_args].view(N, self.Q, 2, self.K) + self.arg_mask
+        regs = logits[:, n_args:-1].view(N, self.R, self.K)
+        return Choices(args, regs, logits[:, -1]), ctl
+
+
+class ClipGrad(torch.autograd.Function):
+    """Identity forward; clamps every coordinate of the incoming gradient to [-c, c]."""
+
+    @staticmethod
+    def forward(ctx, x, c):
+        ctx.c = c
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.clamp(-ctx.c, ctx.c), None
+
+
+def clip(x, c):
+    return ClipGrad.apply(x, c) if c and x.requires_grad else x
+
+
+def renormalize(x):
+    """Rescale a distribution to sum to 1 over its last axis; the backward pass is the identity."""
+    return x + (x / x.sum(-1, keepdim=True) - x).detach()
+
+
+class StepOut(NamedTuple):
+    stop: torch.Tensor            # [N] f_t
+    weights: list                 # softmax weights (args [N, Q, 2, K], regs [N, R, K]) for the entropy
+    outputs: Optional[list]       # gate outputs [N, M] each, when traced
+    inputs: Optional[list]        # (A, B) per gate, when traced
+
+
+def step(model, state, clip_c=None, renorm=True, trace=False):
+    """One fuzzy timestep: State -> (State, StepOut)."""
+    regs, mem = state.registers, state.memory
+    ch, ctl = model.choose(regs[:, :, 0], state.ctl)
+    args_w = torch.softmax(clip(ch.args, clip_c), -1)
+    regs_w = torch.softmax(clip(ch.regs, clip_c), -1)
+    R = model.R
+    values = list(regs.unbind(1))
+    inputs = [] if trace else None
+    for i, g in enumerate(model.gates):
+        A = B = None
+        if g.arity:
+            AB = torch.bmm(args_w[:, i, :g.arity, :R + i], torch.stack(values, 1))
+            A, B = AB[:, 0], AB[:, -1]
+        if g.memory == "read":
+            out = torch.bmm(A[:, None, :], mem)[:, 0]
+        elif g.memory == "write":
+            mem = mem + A[:, :, None] * (B[:, None, :] - mem)
+            out = B
+        else:
+            out = g.fuzzy(A if A is not None else regs[:, 0], B if B is not None else regs[:, 0])
+        if renorm and g.arity:
+            out = renormalize(out)
+        values.append(clip(out, clip_c))
+        if trace:
+            inputs.append((A, B))
+    new_regs = torch.bmm(regs_w, torch.stack(values, 1))
+    if renorm:
+        new_regs, mem = renormalize(new_regs), renormalize(mem)
+    new = State(clip(new_regs, clip_c), clip(mem, clip_c), ctl, state.t + 1)
+    f = torch.sigmoid(clip(ch.stop, clip_c))
+    return new, StepOut(f, [args_w, regs_w], values[R:] if trace else None, inputs)
+
+
+def halting(stops, T):
+    """p_t = f_t prod_{s<t} (1 - f_s); the last step t = T_n - 1 takes the remaining mass.
+
+    stops: [T, N] values f_t in [0, 1]; T: [N] timesteps per example -> [T, N] probabilities."""
+    Tmax, N = stops.shape
+    out, remaining = [], torch.ones(N, dtype=stops.dtype)
+    for t in range(Tmax):
+        last = T - 1 == t
+        out.append(torch.where(last, remaining, torch.where(t < T - 1, stops[t] * remaining, 0.0)))
+        remaining = remaining * (1 - stops[t])
+    return torch.stack(out)
+
+
+class Batch(NamedTuple):
+    """N examples of one memory size; tasks produce them, every runner consumes them."""
+    memory: torch.Tensor          # [N, M] long, the input cells
+    target: torch.Tensor          # [N, M] long, expected value of each scored cell
+    mask: torch.Tensor            # [N, M] bool, the scored cells
+    T: torch.Tensor               # [N] long, timesteps each example gets
+    difficulty: torch.Tensor      # [N] long
+
+
+class RunOut(NamedTuple):
+    loss: torch.Tensor            # [N] halting-weighted negative log-likelihood of the scored cells
+    entropy: torch.Tensor         # [N] summed entropy of every controller softmax over live steps
+    pred: torch.Tensor            # [N, M] argmax of each cell at the halting step
+    halt: torch.Tensor            # [N] halting step (0-based): first f_t > 0.5, else T_n - 1
+    trace: Optional[list]         # per step (State before, StepOut, State after) when traced
+
+
+def entropy(w, eps):
+    return -(w * torch.log(w.clamp_min(eps))).sum(-1)
+
+
+def fuzzy_run(model, batch, clip_c=None, renorm=True, eps=1e-6, trace=False):
+    """Unroll the fuzzy machine for max(T) steps and score it (SPEC sections 1 and 3)."""
+    state = model.initial_state(batch.memory)
+    N = batch.memory.shape[0]
+    y, mask, T = batch.target[:, :, None], batch.mask.to(state.memory.dtype), batch.T
+    remaining = torch.ones(N, dtype=mask.dtype)
+    loss = torch.zeros(N, dtype=mask.dtype)
+    ent = torch.zeros(N, dtype=mask.dtype)
+    used_args = (model.arity[:, None] > torch.arange(2)[None, :]).to(mask.dtype)   # [Q, 2]
+    pred, halt = batch.memory.clone(), T - 1
+    halted = torch.zeros(N, dtype=torch.bool)
+    steps = [] if trace else None
+    for t in range(int(T.max())):
+        before = state
+        state, out = step(model, state, clip_c, renorm, trace)
+        alive = t < T
+        # halting distribution: the last step of each example takes the remaining mass
+        p = torch.where(t == T - 1, remaining, torch.where(alive, out.stop * remaining, 0.0))
+        remaining = remaining * (1 - out.stop)
+        ll = (torch.log(state.memory.gather(2, y).squeeze(2).clamp_min(eps)) * mask).sum(1)
+        loss = loss - p * ll
+        args_w, regs_w = out.weights
+        h = (entropy(args_w, eps) * used_args).sum((1, 2)) + entropy(regs_w, eps).sum(1)
+        ent = ent + h * alive
+        now = alive & ~halted & ((out.stop > 0.5) | (t == T - 1))
+        pred = torch.where(now[:, None], state.memory.argmax(-1), pred)
+        halt = torch.where(now, t, halt)
+        halted = halted | now
+        if trace:
+            steps.append((before, out, state))
+    return RunOut(loss, ent, pred, halt, steps)

@@ -1,0 +1,107 @@
+"""Lookup-table controllers and hand-wired circuits.
+
+A controller that reads only P(r_i = 0) sees, once discretized, one of 2^R zero patterns. A
+`TableController` stores one logit vector per pattern, so it is both the form a trained MLP takes
+after discretization and the way to wire a circuit by hand:
+
+    rules = [({0: True, 1: True}, {"READ": ["r0"], "WRITE": ["r0", "READ"], "r1": "READ"}),
+             ({1: False},         {"READ": ["r1"], "WRITE": ["ZERO", "READ"], "stop": True})]
+
+Each rule is (condition, circuit); a condition maps register index -> "is zero"; the first rule whose
+condition holds gives the circuit. A circuit names each gate's inputs (sources "r0".., or a gate
+name, "READ#2" for a gate's second occurrence), registers' new sources (a register not named keeps
+its value) and the stop decision. Pattern index = sum over registers of [r_i == 0] << i.
+"""
+import itertools
+
+import torch
+from torch import nn
+
+from .machine import NRAM
+
+CHOSEN, OTHER, STOP = 0.0, -60.0, 30.0
+
+
+def _pattern_bits(R):
+    return torch.tensor([1 << r for r in range(R)])
+
+
+class TableController(nn.Module):
+    """table: [S, 2^R, n_out] logits, one row per zero pattern."""
+
+    recurrent = False
+
+    def __init__(self, table):
+        super().__init__()
+        self.register_buffer("table", table)
+
+    def initial_state(self, S, B, like):
+        return ()
+
+    def forward(self, x, state):
+        S, B, R = x.shape
+        idx = ((x > 0.5).long() * _pattern_bits(R)).sum(-1)                 # [S, B]
+        rows = self.table.gather(1, idx[:, :, None].expand(S, B, self.table.shape[-1]))
+        return rows.to(x.dtype), state
+
+
+def source_names(model):
+    """Name of every source index: r0..r{R-1}, then gate names (with #k for repeated gates)."""
+    names, seen = [f"r{r}" for r in range(model.R)], {}
+    for g in model.gates:
+        seen[g.name] = seen.get(g.name, 0) + 1
+        names.append(g.name if seen[g.name] == 1 else f"{g.name}#{seen[g.name]}")
+    return names
+
+
+def circuit_logits(model, circuit):
+    """One rule's circuit -> logit vector [n_out] in the model's layout."""
+    R, Q, K = model.R, model.Q, model.K
+    names = source_names(model)
+    index = {n: i for i, n in enumerate(names)}
+    args = torch.full((Q, 2, K), OTHER)
+    args[:, :, 0] = CHOSEN                                # unnamed inputs read r0
+    regs = torch.full((R, K), OTHER)
+    regs[torch.arange(R), torch.arange(R)] = CHOSEN       # unnamed registers keep their value
+    for key, value in circuit.items():
+        if key == "stop":
+            continue
+        if key.startswith("r") and key[1:].isdigit():
+            regs[int(key[1:])] = OTHER
+            regs[int(key[1:]), index[value]] = CHOSEN
+            continue
+        i = names.index(key) - R
+        for j, src in enumerate(value):
+            if index[src] >= R + i:
+                raise ValueError(f"gate {key} cannot read {src}: it comes later in the circuit")
+            args[i, j] = OTHER
+            args[i, j, index[src]] = CHOSEN
+    stop = torch.tensor([STOP if circuit.get("stop") else -STOP])
+    return torch.cat([args.flatten(), regs.flatten(), stop])
+
+
+def wired(R, gates, rules, seeds=1, repeat=1):
+    """An NRAM whose controller is the hand-wired rule table, replicated for `seeds` seeds."""
+    model = NRAM(R, gates, repeat, "mlp", 1, list(range(seeds)))
+    rows = []
+    for pattern in range(1 << R):
+        zero = {r: bool(pattern >> r & 1) for r in range(R)}
+        rule = next((c for cond, c in rules if all(zero[r] == z for r, z in cond.items())), None)
+        if rule is None:
+            raise ValueError(f"no rule covers the zero pattern {zero}")
+        rows.append(circuit_logits(model, rule))
+    table = torch.stack(rows)[None].expand(seeds, -1, -1).contiguous()
+    model.controller = TableController(table)
+    return model
+
+
+def table_from_controller(model):
+    """The logit table of a feed-forward controller at its 2^R binary inputs: [S, 2^R, n_out].
+    With discretized registers the controller only ever sees these inputs."""
+    R = model.R
+    patterns = torch.tensor(list(itertools.product([0, 1], repeat=R)), dtype=torch.float32)
+    patterns = patterns.flip(-1)                          # bit r of the row index = input r
+    x = patterns[None].expand(model.S, -1, -1).contiguous()
+    with torch.no_grad():
+        logits, _ = model.controller(x, model.controller.initial_state(model.S, 1 << R, x))
+    return logits

@@ -1,0 +1,201 @@
+"""The paper's training method (SPEC section 2), for S seeds trained as one batched computation.
+
+Each seed has its own initial weights, data stream, curriculum level, gradient-noise stream, norm clip
+and best snapshot; only the arithmetic is shared. The loop knows nothing of files or terminals: it
+reports through callbacks, and `Trainer.state_dict()` holds everything needed to resume bit for bit.
+"""
+import time
+
+import numpy as np
+import torch
+
+from .data import Curriculum, concat, make_batch, rng_from_state, rng_state
+from .evaluate import evaluate, score
+from .machine import NRAM, fuzzy_run
+from .tasks import task
+
+
+def build_model(cfg, seed_values=None):
+    m = cfg.model
+    seeds = seed_values if seed_values is not None else seed_list(cfg)
+    return NRAM(m.R, m.gates, m.repeat, m.controller, m.hidden, seeds)
+
+
+def seed_list(cfg):
+    return [cfg.train.seed + s for s in range(cfg.train.seeds)]
+
+
+class Trainer:
+    def __init__(self, cfg):
+        self.cfg, tr = cfg, cfg.train
+        self.task = task(cfg.task)
+        self.seeds = seed_list(cfg)
+        self.S = len(self.seeds)
+        self.model = build_model(cfg)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=tr.lr)
+        lo, hi = self.task.min_difficulty, cfg.difficulty
+        self.curricula = [Curriculum(tr.curriculum, lo, hi) for _ in self.seeds]
+        self.data_rngs = [np.random.default_rng([s, 0]) for s in self.seeds]
+        self.noise_gens = [torch.Generator().manual_seed(s * 7919 + 1) for s in self.seeds]
+        self.step = 0
+        self.best_error = [float("inf")] * self.S
+        self.best_step = [None] * self.S
+        self.solved_step = [None] * self.S
+        self.best_params = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+        self._reset_log()
+
+    # ---- one optimisation step -------------------------------------------------------------
+    def batch(self):
+        parts = []
+        for s in range(self.S):
+            d = self.curricula[s].sample(self.data_rngs[s], self.cfg.train.batch)
+            parts.append(make_batch(self.cfg.task, self.cfg.M, d, self.data_rngs[s], self.cfg.T))
+        return concat(parts)
+
+    def train_step(self):
+        cfg, tr = self.cfg, self.cfg.train
+        b = self.batch()
+        out = fuzzy_run(self.model, b, tr.clip_activation, tr.renormalize, tr.log_eps)
+        per_seed = out.loss.view(self.S, -1).mean(1)
+        obj = per_seed.sum()
+        if tr.entropy.enabled:
+            coef = tr.entropy.coef * tr.entropy.decay ** self.step
+            obj = obj - coef * out.entropy.view(self.S, -1).mean(1).sum()
+        self.opt.zero_grad(set_to_none=False)
+        obj.backward()
+        self._clip_and_noise()
+        self.opt.step()
+        self._hold_solved()
+        self.step += 1
+        err, ex, _ = score(out.pred, b, self.S)
+        self._advance(out.pred, b)
+        return per_seed.detach(), err
+
+    def _advance(self, pred, b):
+        """Curriculum decisions use each seed's error on the examples at or below its level."""
+        wrong = ((pred != b.target) & b.mask).sum(1).view(self.S, -1)
+        scored = b.mask.sum(1).view(self.S, -1)
+        d = b.difficulty.view(self.S, -1)
+        for s, c in enumerate(self.curricula):
+            at = d[s] <= c.level
+            c.update(float(wrong[s][at].sum()) / max(int(scored[s][at].sum()), 1))
+
+    def _clip_and_noise(self):
+        tr = self.cfg.train
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if tr.clip_norm:
+            sq = sum(p.grad.pow(2).flatten(1).sum(1) for p in params)          # [S]
+            scale = (tr.clip_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+            for p in params:
+                p.grad.mul_(scale.view(-1, *[1] * (p.dim() - 1)))
+        if tr.noise.enabled:
+            sigma = (tr.noise.eta / (1 + self.step) ** tr.noise.gamma) ** 0.5
+            for s, g in enumerate(self.noise_gens):
+                for p in params:
+                    p.grad[s].add_(torch.randn(p.shape[1:], generator=g) * sigma)
+
+    def _hold_solved(self):
+        """Seeds that reached the target keep their solution while the others train on."""
+        done = torch.tensor([s is not None for s in self.solved_step])
+        if done.any():
+            with torch.no_grad():
+                for k, p in self.model.named_parameters():
+                    p[done] = self.best_params[k][done]
+
+    # ---- checks on fresh examples ----------------------------------------------------------
+    def check(self):
+        """Evaluate every seed on fresh examples over the whole training range; keep each seed's best."""
+        cfg, tr = self.cfg, self.cfg.train
+        rng = np.random.default_rng([tr.seed, self.step, 1])
+        d = rng.integers(self.task.min_difficulty, cfg.difficulty + 1, size=tr.eval_examples)
+        res = evaluate(self.model, cfg, cfg.M, d, rng)
+        for s in range(self.S):
+            e = float(res["error"][s])
+            if self.solved_step[s] is None and e < self.best_error[s]:
+                self.best_error[s], self.best_step[s] = e, self.step
+                with torch.no_grad():
+                    for k, p in self.model.named_parameters():
+                        self.best_params[k][s] = p[s]
+            if self.solved_step[s] is None and e <= tr.target_error:
+                self.solved_step[s] = self.step
+        return res["error"]
+
+    def done(self):
+        return all(s is not None for s in self.solved_step) or self.step >= self.cfg.train.steps
+
+    # ---- the loop ------------------------------------------------------------------------
+    def _reset_log(self):
+        self._acc = {"loss": np.zeros(self.S), "error": np.zeros(self.S), "n": 0,
+                     "time": 0.0}
+
+    def run(self, on_log=None, on_checkpoint=None, should_stop=lambda: False):
+        """Train until every seed is solved, the budget is spent, or should_stop() says so.
+        on_log(records) gets one dict per seed every log_every steps; on_checkpoint(trainer) is
+        called every checkpoint_every steps. Returns 'solved', 'budget' or 'interrupted'."""
+        tr = self.cfg.train
+        while not self.done():
+            if should_stop():
+                return "interrupted"
+            t0 = time.perf_counter()
+            loss, err = self.train_step()
+            a = self._acc
+            a["loss"] += loss.numpy()
+            a["error"] += err.numpy()
+            a["n"] += 1
+            a["time"] += time.perf_counter() - t0
+            evaluated = None
+            if self.step % tr.eval_every == 0 or self.step >= tr.steps:
+                evaluated = self.check()
+            if self.step % tr.log_every == 0 or evaluated is not None or self.done():
+                records = self._records(evaluated)
+                if on_log:
+                    on_log(records)
+            if on_checkpoint and (self.step % tr.checkpoint_every == 0) and not self.done():
+                on_checkpoint(self)
+        return "solved" if all(s is not None for s in self.solved_step) else "budget"
+
+    def _records(self, evaluated):
+        a, tr = self._acc, self.cfg.train
+        n = max(a["n"], 1)
+        speed = n * tr.batch * self.S / a["time"] if a["time"] else 0.0
+        recs = []
+        for s in range(self.S):
+            r = {"step": self.step, "seed": self.seeds[s], "loss": float(a["loss"][s] / n),
+                 "error": float(a["error"][s] / n), "level": self.curricula[s].level,
+                 "examples_per_s": round(speed, 1)}
+            if evaluated is not None:
+                r["eval_error"] = float(evaluated[s])
+            if self.solved_step[s] is not None:
+                r["solved_step"] = self.solved_step[s]
+            recs.append(r)
+        self._reset_log()
+        return recs
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def state_dict(self):
+        return {
+            "step": self.step, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "curricula": [c.state_dict() for c in self.curricula],
+            "data_rngs": [rng_state(r) for r in self.data_rngs],
+            "noise_gens": [g.get_state() for g in self.noise_gens],
+            "best_error": self.best_error, "best_step": self.best_step,
+            "solved_step": self.solved_step, "best_params": self.best_params,
+            "log": {"loss": self._acc["loss"].tolist(), "error": self._acc["error"].tolist(),
+                    "n": self._acc["n"], "time": self._acc["time"]},
+        }
+
+    def load_state_dict(self, d):
+        self.step = int(d["step"])
+        self.model.load_state_dict(d["model"])
+        self.opt.load_state_dict(d["optimizer"])
+        for c, cs in zip(self.curricula, d["curricula"]):
+            c.load_state_dict(cs)
+        self.data_rngs = [rng_from_state(r) for r in d["data_rngs"]]
+        for g, st in zip(self.noise_gens, d["noise_gens"]):
+            g.set_state(st)
+        self.best_error, self.best_step = list(d["best_error"]), list(d["best_step"])
+        self.solved_step = list(d["solved_step"])
+        self.best_params = d["best_params"]
+        log = d["log"]
+        self._acc = {"loss": np.array(log["loss"]), "error": np.array(log["error"]),
+                     "n": int(log["n"]), "time": float(log["time"])}

@@ -1,0 +1,137 @@
+"""The machine: memory gates, a full step under gradcheck, halting, the loss, and hand-wired circuits."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from circuits import CIRCUITS, GATES
+from nramctl.data import make_batch
+from nramctl.discrete import discrete_run
+from nramctl.machine import NRAM, State, clip, fuzzy_run, halting, renormalize, step
+from nramctl.program import wired
+from nramctl.tasks import task
+
+
+def dists(rng, *shape):
+    x = rng.random(shape) ** 2
+    return torch.tensor(x / x.sum(-1, keepdims=True))
+
+
+def one_gate_model(gate_names, R=2):
+    return NRAM(R, gate_names, controller="mlp", hidden=5).double()
+
+
+@pytest.mark.parametrize("M", [5, 8, 64])
+def test_read_and_write_match_their_formulas(M):
+    """READ(p)[c] = sum_i p_i mem[i, c];  WRITE(p, a): mem[i] = (1 - p_i) mem[i] + p_i a."""
+    rng = np.random.default_rng(M)
+    model = one_gate_model(["READ", "WRITE"])
+    regs, mem = dists(rng, 3, 2, M), dists(rng, 3, M, M)
+    state = State(regs, mem, (), 0)
+    with torch.no_grad():
+        new, out = step(model, state, renorm=False, trace=True)
+    (A, _), (P, V) = out.inputs
+    read = np.einsum("ni,nic->nc", A.numpy(), mem.numpy())
+    np.testing.assert_allclose(out.outputs[0].numpy(), read, atol=1e-12)
+    written = mem.numpy() * (1 - P.numpy())[:, :, None] + P.numpy()[:, :, None] * V.numpy()[:, None, :]
+    np.testing.assert_allclose(new.memory.numpy(), written, atol=1e-12)
+    # gate inputs are the controller's mixtures of registers (and, for WRITE, READ's output)
+    assert torch.allclose(A.sum(-1), torch.ones(3, dtype=torch.float64))
+
+
+def test_registers_update_simultaneously_from_old_values():
+    """r_i' is a mixture of the *old* registers and this step's gate outputs."""
+    rng = np.random.default_rng(0)
+    model = one_gate_model(["INC", "DEC"], R=3)
+    regs, mem = dists(rng, 2, 3, 6), dists(rng, 2, 6, 6)
+    new, out = step(model, State(regs, mem, (), 0), renorm=False, trace=True)
+    ch, _ = model.choose(regs[:, :, 0], ())
+    w = torch.softmax(ch.regs, -1)
+    sources = torch.cat([regs, torch.stack(out.outputs, 1)], 1)
+    assert torch.allclose(new.registers, torch.einsum("nrk,nkm->nrm", w, sources))
+
+
+class OneStep(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, regs, mem):
+        new, out = step(self.model, State(regs, mem, self.model.controller.initial_state(1, 2, regs), 0),
+                        renorm=False)
+        return new.registers, new.memory, out.stop
+
+
+@pytest.mark.parametrize("kind", ["mlp", "lstm"])
+def test_gradcheck_one_full_machine_step(kind):
+    """All 14 gates, gradients w.r.t. registers, memory and a controller weight, in float64."""
+    rng = np.random.default_rng(3)
+    model = NRAM(2, GATES, controller=kind, hidden=4).double()
+    wrapper = OneStep(model)
+    regs, mem = dists(rng, 2, 2, 5).requires_grad_(), dists(rng, 2, 5, 5).requires_grad_()
+    name = "l1" if kind == "mlp" else "inp"                 # the first layer: every path runs through it
+    w = getattr(model.controller, name).weight.detach().clone().requires_grad_()
+    key = f"model.controller.{name}.weight"
+    f = lambda w, r, m: torch.func.functional_call(wrapper, {key: w}, (r, m))
+    assert torch.autograd.gradcheck(f, (w, regs, mem))
+
+
+def test_renormalize_rescales_but_backward_is_identity():
+    x = torch.tensor([[0.2, 0.3, 0.1]], requires_grad=True)
+    y = renormalize(x)
+    assert torch.allclose(y.sum(), torch.tensor(1.0))
+    y.backward(torch.tensor([[1.0, 2.0, 3.0]]))
+    assert torch.equal(x.grad, torch.tensor([[1.0, 2.0, 3.0]]))
+
+
+def test_activation_gradient_clip_clamps_each_coordinate():
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    (clip(x, 0.5) * torch.tensor([3.0, -0.2])).sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([0.5, -0.2]))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_halting_probabilities_sum_to_one(seed):
+    rng = np.random.default_rng(seed)
+    T = torch.tensor(rng.integers(1, 9, size=6))
+    f = torch.tensor(rng.random((8, 6)))
+    f[0, 0], f[2, 1] = 1.0, 0.0
+    p = halting(f, T)
+    assert (p >= 0).all()
+    assert torch.allclose(p.sum(0), torch.ones(6, dtype=torch.float64))
+    for n in range(6):                                   # nothing after each example's last step
+        assert (p[T[n]:, n] == 0).all()
+        assert torch.isclose(p[0, n], f[0, n] if T[n] > 1 else torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_loss_is_halting_weighted_log_likelihood_of_scored_cells():
+    torch.manual_seed(0)
+    model = NRAM(3, GATES, controller="lstm", hidden=8)
+    b = make_batch("copy", 9, [1, 2, 3, 4], np.random.default_rng(0), "2*n+1")
+    out = fuzzy_run(model, b, renorm=False, trace=True)
+    f = torch.stack([s[1].stop for s in out.trace])
+    p = halting(f, b.T)
+    expect = torch.zeros(4)
+    for t, (_, _, after) in enumerate(out.trace):
+        for n in range(4):
+            for i in np.flatnonzero(b.mask[n]):
+                q = after.memory[n, i, b.target[n, i]].clamp_min(1e-6)
+                expect[n] -= p[t, n] * torch.log(q)
+    assert torch.allclose(out.loss, expect, rtol=1e-5)
+
+
+@pytest.mark.parametrize("M", [9, 16, 64])
+@pytest.mark.parametrize("name", sorted(CIRCUITS))
+def test_hand_wired_circuits_solve_the_task(name, M):
+    """Fixed controller outputs, no learning: fuzzy and discrete both give every scored cell."""
+    R, rules = CIRCUITS[name]
+    model = wired(R, GATES, rules)
+    t = task(name)
+    rules_T = {"access": "3", "increment": "n+2", "copy": "2*n+1"}
+    d = np.arange(t.min_difficulty, t.max_difficulty(M) + 1).repeat(3)
+    b = make_batch(name, M, d, np.random.default_rng(M), rules_T[name])
+    fuzzy = fuzzy_run(model, b).pred
+    disc, halt, _ = discrete_run(model, b.memory, b.T)
+    assert torch.equal(fuzzy[b.mask], b.target[b.mask])
+    assert torch.equal(disc[b.mask], b.target[b.mask])
+    assert (halt < b.T).all()
