@@ -1,0 +1,267 @@
+"""nramctl's command line: parses, calls library functions, renders, maps errors to exit codes."""
+import functools
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import typer
+from typing_extensions import Annotated
+
+from . import render
+from .config import ConfigError, task_config, validate
+from .experiment import load_model, new_run, resume, seed_results, train as train_run
+from .gates import GateError
+from .runs import RunError, RunStore
+from .tasks import TASKS, TaskError, task
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Train, evaluate, generalize and inspect Neural Random-Access Machines.")
+tasks_app = typer.Typer(help="List the tasks, or show generated examples.", invoke_without_command=True)
+app.add_typer(tasks_app, name="tasks")
+
+USAGE_ERRORS = (ConfigError, TaskError, GateError, RunError)
+
+
+class Abort(Exception):
+    """A clean non-zero exit after a message was printed."""
+
+    def __init__(self, code):
+        self.code = code
+
+
+# Options shared by several commands, declared once.
+RunsDir = Annotated[Path, typer.Option("--runs-dir", envvar="NRAMCTL_RUNS_DIR", help="Where runs live.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
+RunRef = Annotated[Optional[str], typer.Argument(help="run-N, run-N/seed-K, pretrained/TASK or latest.")]
+MemOpt = Annotated[Optional[int], typer.Option("--M", help="Memory size (default: the run's).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the fresh examples.")]
+
+
+def command(*args, **kwargs):
+    """Register a command whose library errors become a red one-line message and exit code 2."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*a, **k):
+            try:
+                return fn(*a, **k)
+            except USAGE_ERRORS as e:
+                render.error(str(e))
+                raise typer.Exit(2)
+            except Abort as e:
+                raise typer.Exit(e.code)
+        return (kwargs.pop("group", app)).command(*args, **kwargs)(run)
+    return wrap
+
+
+def _model(runs_dir, ref):
+    """(run, config, one-seed model, display name) for a run reference."""
+    run, seed = RunStore(runs_dir).resolve(ref)
+    cfg, model, seed = load_model(run, seed)
+    return run, cfg, model, f"{run.name}/seed-{seed}" if cfg.train.seeds > 1 else run.name
+
+
+def _memory(cfg, M, difficulty):
+    M = M or cfg.M
+    t = task(cfg.task)
+    if M < t.min_M(t.min_difficulty):
+        raise TaskError(f"{cfg.task}: M={M} is too small (needs M >= {t.min_M(t.min_difficulty)})")
+    d = difficulty if difficulty is not None else min(cfg.difficulty, t.max_difficulty(M))
+    t.check(d, M)
+    return M, d
+
+
+@command()
+def train(
+    task_name: Annotated[Optional[str], typer.Argument(metavar="TASK", help="One of: " + ", ".join(TASKS))] = None,
+    M: Annotated[Optional[int], typer.Option("--M", help="Memory size.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Step budget.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="First seed.")] = None,
+    seeds: Annotated[Optional[int], typer.Option(help="Train this many seeds at once.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name (default: the next run-N).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
+    set_: Annotated[List[str], typer.Option("--set", help="Override a field: key=value.")] = [],
+    resume_run: Annotated[Optional[str], typer.Option("--resume", help="Continue an earlier run.")] = None,
+    runs_dir: RunsDir = Path("runs"),
+    json: Json = False,
+):
+    """Train a model on a task with the paper's method; writes runs/run-N."""
+    store = RunStore(runs_dir)
+    if resume_run:
+        if task_name:
+            raise ConfigError("give either TASK or --resume RUN, not both")
+        run, _ = store.resolve(resume_run)
+        if run.readonly:
+            raise RunError(f"{run.name} is read-only")
+        trainer = resume(run)
+    else:
+        if not task_name:
+            raise ConfigError("missing TASK (or --resume RUN)")
+        flags = {"M": M, "train.steps": steps, "train.seed": seed, "train.seeds": seeds}
+        overrides = list(set_) + [f"{k}={v}" for k, v in flags.items() if v is not None]
+        cfg = task_config(task_name, config, overrides)
+        run, trainer = new_run(store, validate(cfg), name)
+
+    stop = {"flag": False}
+
+    def on_sigint(signum, frame):
+        stop["flag"] = True
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    t0 = time.perf_counter()
+    try:
+        with render.TrainProgress(run.name, trainer.cfg.train.steps, trainer.step, enabled=not json) as bar:
+            result = train_run(run, trainer, on_log=bar.update, should_stop=lambda: stop["flag"])
+    finally:
+        signal.signal(signal.SIGINT, old)
+    summary = {"run": run.name, "path": str(run.path), "task": trainer.cfg.task, "result": result,
+               "steps": trainer.step, "seconds": time.perf_counter() - t0,
+               "error": min((e for e in trainer.best_error), default=None),
+               "seeds": seed_results(trainer)}
+    if summary["error"] == float("inf"):
+        summary["error"] = None
+    if json:
+        render.emit_json(summary)
+    else:
+        render.train_summary(summary)
+    if result == "interrupted":
+        render.error(f"interrupted at step {trainer.step}; continue with: nramctl train --resume {run.name}")
+        raise Abort(130)
+
+
+@command("eval")
+def eval_cmd(
+    run_ref: RunRef = None,
+    difficulty: Annotated[Optional[int], typer.Option(help="Difficulty (default: the training one).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Examples.")] = 1000,
+    discrete: Annotated[bool, typer.Option(help="Run the discretized machine.")] = False,
+    M: MemOpt = None,
+    seed: Seed = 12345,
+    runs_dir: RunsDir = Path("runs"),
+    json: Json = False,
+):
+    """Error and example error of a trained model on fresh examples."""
+    from .evaluate import evaluate
+    run, cfg, model, name = _model(runs_dir, run_ref)
+    M, d = _memory(cfg, M, difficulty)
+    res = evaluate(model, cfg, M, np.full(n, d), np.random.default_rng(seed), discrete)
+    out = {"run": name, "task": cfg.task, "M": M, "difficulty": d, "n": n, "discrete": discrete,
+           "error": float(res["error"][0]), "example_error": float(res["example_error"][0])}
+    render.emit_json(out) if json else render.eval_result(out)
+
+
+@command()
+def generalize(
+    run_ref: RunRef = None,
+    M: Annotated[int, typer.Option("--M", help="Memory size to test at.")] = 50,
+    n: Annotated[int, typer.Option("--n", help="Examples per difficulty.")] = 100,
+    max_difficulty: Annotated[Optional[int], typer.Option(help="Stop at this difficulty.")] = None,
+    seed: Seed = 12345,
+    runs_dir: RunsDir = Path("runs"),
+    json: Json = False,
+):
+    """Error against difficulty at a larger memory, fuzzy and discretized side by side."""
+    from .evaluate import generalization
+    run, cfg, model, name = _model(runs_dir, run_ref)
+    _memory(cfg, M, task(cfg.task).min_difficulty)
+    rows = generalization(model, cfg, M, n, np.random.default_rng(seed), max_difficulty)
+    clean = [{k: (float(v[0]) if hasattr(v, "__len__") else v) for k, v in r.items()} for r in rows]
+    out = {"run": name, "task": cfg.task, "M": M, "n": n, "rows": clean}
+    if not run.readonly:
+        run.write_json(f"generalize-M{M}.json", out)
+        out["saved"] = str(run.path / f"generalize-M{M}.json")
+    render.emit_json(out) if json else render.generalization(out)
+
+
+@command("inspect")
+def inspect_cmd(
+    run_ref: RunRef = None,
+    step: Annotated[Optional[int], typer.Option(help="Show this step in full.")] = None,
+    example: Annotated[int, typer.Option(help="Which example of the stream.")] = 0,
+    difficulty: Annotated[Optional[int], typer.Option(help="Difficulty of the example.")] = None,
+    M: MemOpt = None,
+    seed: Seed = 0,
+    runs_dir: RunsDir = Path("runs"),
+    json: Json = False,
+):
+    """Per-step circuit traces of one example."""
+    from .traces import trace
+    run, cfg, model, name = _model(runs_dir, run_ref)
+    M, d = _memory(cfg, M, difficulty)
+    if example < 0:
+        raise ConfigError(f"--example must be >= 0, got {example}")
+    tr = {"run": name, **trace(model, cfg, M, d, example, seed)}
+    if step is not None and not 1 <= step <= len(tr["steps"]):
+        raise ConfigError(f"--step must be between 1 and {len(tr['steps'])}, got {step}")
+    if json:
+        if step is not None:
+            tr["steps"] = [tr["steps"][step - 1]]
+        render.emit_json(tr)
+    elif step is not None:
+        render.inspect_step(tr, step)
+    else:
+        render.inspect_overview(tr)
+
+
+@command()
+def runs(runs_dir: RunsDir = Path("runs"), json: Json = False):
+    """A table of runs."""
+    rows = []
+    for run in RunStore(runs_dir).runs():
+        st = run.status()
+        errs = [s["best_error"] for s in st.get("seeds", []) if s.get("best_error") is not None]
+        rows.append({"name": run.name, "task": st.get("task", "?"), "M": st.get("M"),
+                     "steps": st.get("step"), "best_error": min(errs) if errs else None,
+                     "state": st.get("state", "unknown"), "seeds": len(st.get("seeds", []))})
+    render.emit_json(rows) if json else render.runs_table(rows)
+
+
+@tasks_app.callback()
+def tasks(ctx: typer.Context, config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
+          json: Json = False):
+    """List the tasks with their default settings."""
+    if ctx.invoked_subcommand:
+        return
+    try:
+        rows = _task_rows(config)
+    except USAGE_ERRORS as e:
+        render.error(str(e))
+        raise typer.Exit(2)
+    render.emit_json(rows) if json else render.tasks_table(rows)
+
+
+def _task_rows(config):
+    rows = []
+    for name in TASKS:
+        cfg = task_config(name, config)
+        rows.append({"task": name, "M": cfg.M, "difficulty": cfg.difficulty, "T": cfg.T,
+                     "R": cfg.model.R, "controller": cfg.model.controller,
+                     "gates": len(cfg.model.gates) * cfg.model.repeat,
+                     "min_difficulty": task(name).min_difficulty})
+    return rows
+
+
+@command("sample", group=tasks_app)
+def tasks_sample(
+    task_name: Annotated[str, typer.Argument(metavar="TASK")],
+    difficulty: Annotated[int, typer.Option(help="Difficulty n.")] = 3,
+    M: Annotated[int, typer.Option("--M", help="Memory size.")] = 12,
+    n: Annotated[int, typer.Option("--n", help="How many examples.")] = 3,
+    seed: Seed = 0,
+    json: Json = False,
+):
+    """Show generated examples of a task."""
+    t = task(task_name)
+    rng = np.random.default_rng(seed)
+    examples = []
+    for _ in range(n):
+        mem, target, mask = t.sample(difficulty, M, rng)
+        examples.append({"memory": mem.tolist(), "target": target.tolist(), "mask": mask.astype(int).tolist()})
+    out = {"task": t.name, "M": M, "difficulty": difficulty, "examples": examples}
+    render.emit_json(out) if json else render.samples(out)
+
+
+def main():
+    app()

@@ -1,0 +1,89 @@
+"""Training runs on disk: start, checkpoint, resume, and load a trained model from any run.
+
+This joins the trainer (which knows nothing of files) to the run store (which knows nothing of
+training). The CLI calls these functions; tests can too.
+"""
+import math
+
+import torch
+
+from .config import from_dict, to_dict
+from .runs import RunError
+from .train import Trainer, build_model
+
+
+def new_run(store, cfg, name=None):
+    """Claim a run directory and write its config and a step-0 checkpoint (so it is resumable at
+    once); if any of that fails the directory is removed again."""
+    run = store.create(name)
+    try:
+        run.write_config(cfg)
+        trainer = Trainer(cfg)
+        save_progress(run, trainer, "running")
+    except BaseException:
+        store.remove(run)
+        raise
+    return run, trainer
+
+
+def resume(run):
+    """The trainer of an earlier run, exactly as its last checkpoint left it."""
+    ck = run.load("last")
+    trainer = Trainer(from_dict(ck["config"]))
+    try:
+        trainer.load_state_dict(ck["trainer"])
+    except (KeyError, RuntimeError, ValueError, TypeError):
+        raise RunError(f"{run.name}: last.pt does not match its config") from None
+    run.truncate_metrics(trainer.step)
+    return trainer
+
+
+def seed_results(trainer):
+    return [{"seed": s, "index": i, "best_error": None if math.isinf(e) else e, "best_step": b,
+             "solved_step": v}
+            for i, (s, e, b, v) in enumerate(zip(trainer.seeds, trainer.best_error, trainer.best_step,
+                                                trainer.solved_step))]
+
+
+def save_progress(run, trainer, state):
+    cfg = to_dict(trainer.cfg)
+    run.save("last", {"config": cfg, "trainer": trainer.state_dict()})
+    run.save("best", {"config": cfg, "model": trainer.best_params, "seeds": trainer.seeds,
+                      "best_error": trainer.best_error, "best_step": trainer.best_step})
+    run.write_status(state=state, task=trainer.cfg.task, M=trainer.cfg.M, step=trainer.step,
+                     seeds=seed_results(trainer))
+
+
+def train(run, trainer, on_log=None, should_stop=lambda: False):
+    """Train to the end (or until should_stop), writing metrics and checkpoints as it goes."""
+    def log(records):
+        run.append_metrics(records)
+        if on_log:
+            on_log(records)
+
+    result = trainer.run(on_log=log, on_checkpoint=lambda t: save_progress(run, t, "running"),
+                         should_stop=should_stop)
+    save_progress(run, trainer, result)
+    return result
+
+
+def load_model(run, seed=None, which="best"):
+    """(config, model with one seed, seed index) from a run's checkpoint. Without `seed`, the seed
+    with the lowest error on fresh examples."""
+    ck = run.load(which)
+    cfg = from_dict(ck["config"])
+    params = ck["model"] if which == "best" else ck["trainer"]["model"]
+    errors = ck.get("best_error") or [0.0]
+    S = len(errors)
+    if seed is None:
+        seed = min(range(S), key=lambda s: errors[s])
+    if not 0 <= seed < S:
+        raise RunError(f"{run.name} has seeds 0..{S - 1}, not seed-{seed}")
+    seeds = ck.get("seeds") or [cfg.train.seed + s for s in range(S)]
+    model = build_model(cfg, [seeds[seed]])
+    try:
+        model.load_state_dict({k: v[seed:seed + 1] for k, v in params.items()})
+    except (RuntimeError, KeyError, TypeError):
+        raise RunError(f"{run.name}: {which}.pt does not match its config") from None
+    model.eval()
+    return cfg, model, seed

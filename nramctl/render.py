@@ -1,0 +1,176 @@
+"""All Rich output. Library code returns plain data; these functions only draw it."""
+import json
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+
+def error(msg):
+    errors.print(f"[bold red]error:[/] {msg}", soft_wrap=True)
+
+
+def emit_json(data):
+    print(json.dumps(data, indent=1))
+
+
+def pct(x):
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+class TrainProgress:
+    """A progress bar over the step budget showing loss, error and curriculum level of each seed."""
+
+    def __init__(self, run_name, total, start=0, enabled=True):
+        self.enabled = enabled
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, disable=not enabled)
+        self.task = self.progress.add_task(run_name, total=total, completed=start, info="")
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def update(self, records):
+        best = min(records, key=lambda r: r.get("eval_error", r["error"]))
+        solved = sum("solved_step" in r for r in records)
+        info = f"loss {best['loss']:.3f}  err {pct(best['error'])}  level {best['level']}"
+        if "eval_error" in best:
+            info += f"  eval {pct(best['eval_error'])}"
+        if len(records) > 1:
+            info += f"  solved {solved}/{len(records)}"
+        info += f"  {best['examples_per_s']:.0f} ex/s"
+        self.progress.update(self.task, completed=records[0]["step"], info=info)
+
+
+def train_summary(summary):
+    t = Table(title=f"{summary['run']}: {summary['result']} after {summary['steps']} steps "
+                    f"({summary['seconds']:.1f} s)")
+    for col in ("seed", "best error", "at step", "reached 0 at"):
+        t.add_column(col, justify="right")
+    for s in summary["seeds"]:
+        t.add_row(str(s["seed"]), pct(s["best_error"]), str(s["best_step"] or "-"),
+                  str(s["solved_step"] or "-"))
+    console.print(t)
+    console.print(f"saved in {summary['path']}")
+
+
+def eval_result(r):
+    mode = "discretized" if r["discrete"] else "fuzzy"
+    t = Table(title=f"{r['run']} ({mode}), M={r['M']}, difficulty {r['difficulty']}, {r['n']} examples")
+    t.add_column("error", justify="right")
+    t.add_column("example error", justify="right")
+    t.add_row(pct(r["error"]), pct(r["example_error"]))
+    console.print(t)
+
+
+def generalization(r):
+    t = Table(title=f"{r['run']}: generalization at M={r['M']} ({r['n']} examples per difficulty)")
+    for col in ("difficulty", "T", "fuzzy error", "discrete error", "discrete = fuzzy"):
+        t.add_column(col, justify="right")
+    for row in r["rows"]:
+        style = "green" if row["error"] == 0 else None
+        t.add_row(str(row["difficulty"]), str(row["T"]), pct(row["error"]), pct(row["discrete_error"]),
+                  pct(row["discrete_agrees"]), style=style)
+    console.print(t)
+    if r.get("saved"):
+        console.print(f"saved in {r['saved']}")
+
+
+def runs_table(rows):
+    t = Table(title="runs")
+    for col in ("name", "task", "M", "steps", "best error", "state"):
+        t.add_column(col, justify="right" if col in ("M", "steps", "best error") else "left")
+    for r in rows:
+        t.add_row(r["name"], r["task"], str(r["M"]), str(r["steps"]), pct(r["best_error"]), r["state"])
+    console.print(t)
+
+
+def tasks_table(rows):
+    t = Table(title="tasks (defaults from tasks.yaml)")
+    for col in ("task", "M", "train difficulty", "T rule", "R", "controller", "gates"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["task"], str(r["M"]), str(r["difficulty"]), r["T"], str(r["R"]), r["controller"],
+                  str(r["gates"]))
+    console.print(t)
+
+
+def samples(r):
+    M = r["M"]
+    t = Table(title=f"{r['task']}: difficulty {r['difficulty']}, M={M}")
+    t.add_column("", style="bold")
+    for c in range(M):
+        t.add_column(str(c), justify="right")
+    for i, ex in enumerate(r["examples"]):
+        t.add_row(f"#{i} in", *map(str, ex["memory"]))
+        t.add_row("out", *[str(v) if m else "·" for v, m in zip(ex["target"], ex["mask"])],
+                  end_section=True)
+    console.print(t)
+
+
+def _cell(v):
+    return f"{v['value']}" if v["p"] > 0.995 else f"{v['value']} ({v['p']:.2f})"
+
+
+def inspect_step(tr, s):
+    st = tr["steps"][s - 1]
+    head = f"{tr['run']}: example {tr['example']}, step {s}/{len(tr['steps'])}, stop p={st['stop']:.3f}"
+    g = Table(title=head)
+    for col in ("gate", "input a", "input b", "output"):
+        g.add_column(col)
+    for gate in st["gates"]:
+        ins = [f"{i['source']} ({i['weight']:.2f})" if i["weight"] < 0.995 else i["source"]
+               for i in gate["inputs"]] + ["", ""]
+        g.add_row(gate["name"], ins[0], ins[1], _cell(gate["output"]))
+    console.print(g)
+    r = Table(title="registers")
+    r.add_column("")
+    for i in range(len(st["registers_before"])):
+        r.add_column(f"r{i}", justify="right")
+    r.add_row("before", *map(_cell, st["registers_before"]))
+    r.add_row("after", *map(_cell, st["registers_after"]))
+    console.print(r)
+    if st["memory_changes"]:
+        m = Table(title="memory cells that changed")
+        for col in ("cell", "before", "after", "p"):
+            m.add_column(col, justify="right")
+        for c in st["memory_changes"]:
+            m.add_row(str(c["cell"]), str(c["before"]), str(c["after"]), f"{c['p']:.3f}")
+        console.print(m)
+    else:
+        console.print("no memory cell changed")
+
+
+def inspect_overview(tr):
+    t = Table(title=f"{tr['run']}: example {tr['example']} (difficulty {tr['difficulty']}, M={tr['M']}), "
+                    f"halts at step {tr['halt']}, {'correct' if tr['correct'] else 'WRONG'}")
+    R = len(tr["steps"][0]["registers_before"])
+    t.add_column("step", justify="right")
+    for i in range(R):
+        t.add_column(f"r{i}", justify="right")
+    for col in ("READ", "WRITE", "memory changes", "stop"):
+        t.add_column(col)
+    for st in tr["steps"]:
+        gates = {g["name"]: g for g in st["gates"]}
+        read = gates.get("READ")
+        write = gates.get("WRITE")
+        rd = f"p:{read['inputs'][0]['source']}={_cell(read['output'])}" if read else ""
+        wr = ""
+        if write:
+            wr = f"p:{write['inputs'][0]['source']} a:{write['inputs'][1]['source']}"
+        ch = ", ".join(f"[{c['cell']}] {c['before']}->{c['after']}" for c in st["memory_changes"])
+        style = "bold" if st["step"] == tr["halt"] else None
+        t.add_row(str(st["step"]), *map(_cell, st["registers_before"]), rd, wr, ch, f"{st['stop']:.2f}",
+                  style=style)
+    console.print(t)
+    console.print(f"input  {tr['memory']}")
+    console.print(f"output {[v if m else '·' for v, m in zip(tr['output'], tr['mask'])]}")
+    console.print(f"target {[v if m else '·' for v, m in zip(tr['target'], tr['mask'])]}")
