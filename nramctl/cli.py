@@ -77,6 +77,7 @@ def _memory(cfg, M, difficulty):
 def train(
     task_name: Annotated[Optional[str], typer.Argument(metavar="TASK", help="One of: " + ", ".join(TASKS))] = None,
     M: Annotated[Optional[int], typer.Option("--M", help="Memory size.")] = None,
+    difficulty: Annotated[Optional[int], typer.Option(help="Largest difficulty trained on.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Step budget.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="First seed.")] = None,
     seeds: Annotated[Optional[int], typer.Option(help="Train this many seeds at once.")] = None,
@@ -99,7 +100,7 @@ def train(
     else:
         if not task_name:
             raise ConfigError("missing TASK (or --resume RUN)")
-        flags = {"M": M, "train.steps": steps, "train.seed": seed, "train.seeds": seeds}
+        flags = {"M": M, "difficulty": difficulty, "train.steps": steps, "train.seed": seed, "train.seeds": seeds}
         overrides = list(set_) + [f"{k}={v}" for k, v in flags.items() if v is not None]
         cfg = task_config(task_name, config, overrides)
         run, trainer = new_run(store, validate(cfg), name)

@@ -118,7 +118,7 @@ def build(cls, data, prefix="", base=None):
     names = {f.name for f in fields(cls)}
     for key, value in data.items():
         if key not in names:
-            raise ConfigError(f"unknown key {prefix}{key!r}; valid keys: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown key '{prefix}{key}'; valid keys: {', '.join(sorted(names))}")
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
             value = build(kind, value, f"{prefix}{key}.", getattr(obj, key))

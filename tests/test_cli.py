@@ -1,0 +1,175 @@
+"""The command line through typer's CliRunner, into a temporary runs directory."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nramctl.cli import app
+
+FAST = ["--set", "train.batch=8", "--set", "model.hidden=16", "--set", "train.eval_examples=40",
+        "--set", "train.eval_every=10", "--set", "train.checkpoint_every=10"]
+
+
+@pytest.fixture
+def cli(tmp_path):
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(app, [str(a) for a in args] + ["--runs-dir", str(tmp_path / "runs")])
+    invoke.root = tmp_path / "runs"
+    return invoke
+
+
+def trained(cli, *extra):
+    r = cli("train", "copy", "--M", 9, "--difficulty", 3, "--steps", 20, "--json", *FAST, *extra)
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output)
+
+
+def test_train_creates_a_complete_run(cli):
+    out = trained(cli)
+    assert set(out) >= {"run", "path", "steps", "error"} and out["run"] == "run-1" and out["steps"] == 20
+    run = cli.root / "run-1"
+    for f in ("config.yaml", "metrics.jsonl", "status.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / f).is_file(), f
+    rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert set(rec) >= {"step", "loss", "error", "level", "examples_per_s"}
+    assert trained(cli)["run"] == "run-2"
+    assert not [p for p in run.rglob("*.tmp")]
+
+
+def test_eval_generalize_inspect_runs(cli):
+    trained(cli)
+    r = cli("eval", "run-1", "--n", 20, "--difficulty", 2, "--json")
+    ev = json.loads(r.output)
+    assert set(ev) >= {"run", "M", "difficulty", "n", "discrete", "error", "example_error"}
+    assert ev["n"] == 20 and ev["difficulty"] == 2 and 0 <= ev["error"] <= 1
+    r = cli("eval", "run-1", "--n", 20, "--discrete", "--json")
+    assert json.loads(r.output)["discrete"] is True
+    r = cli("generalize", "--M", 13, "--n", 5, "--json")             # latest run by default
+    g = json.loads(r.output)
+    assert g["run"] == "run-1" and g["M"] == 13
+    assert [row["difficulty"] for row in g["rows"]] == list(range(1, 7))   # 2n+1 <= 13
+    assert set(g["rows"][0]) >= {"difficulty", "T", "error", "discrete_error", "discrete_agrees"}
+    assert [row["T"] for row in g["rows"]] == [2 * n + 1 for n in range(1, 7)]
+    assert (cli.root / "run-1" / "generalize-M13.json").is_file()
+    r = cli("inspect", "run-1", "--json")
+    tr = json.loads(r.output)
+    step = tr["steps"][0]
+    assert set(tr) >= {"run", "example", "steps"} and len(tr["steps"]) == 7      # T = 2*3+1
+    assert set(step) >= {"step", "gates", "registers_before", "registers_after", "memory_changes", "stop"}
+    assert len(step["gates"]) == 14 and set(step["gates"][0]) >= {"name", "inputs", "output"}
+    assert set(step["gates"][0]["inputs"][0]) == {"source", "weight"}
+    r = cli("inspect", "run-1", "--step", 5)
+    assert r.exit_code == 0 and "READ" in r.output and "registers" in r.output
+    r = cli("runs", "--json")
+    rows = json.loads(r.output)
+    assert rows[0]["name"] == "run-1" and set(rows[0]) >= {"name", "task", "M", "steps", "best_error", "state"}
+
+
+def test_tasks_list_and_sample(cli):
+    r = CliRunner().invoke(app, ["tasks", "--json"])
+    assert len(json.loads(r.output)) == 10
+    r = CliRunner().invoke(app, ["tasks", "sample", "copy", "--difficulty", "3", "--M", "9", "--n", "2",
+                                 "--json"])
+    s = json.loads(r.output)
+    assert s["task"] == "copy" and len(s["examples"]) == 2
+    ex = s["examples"][0]
+    assert len(ex["memory"]) == 9 and ex["mask"] == [0, 0, 0, 0, 1, 1, 1, 0, 0]
+    assert ex["target"][4:7] == ex["memory"][1:4]
+
+
+def last_metrics(root, name):
+    recs = [json.loads(x) for x in (root / name / "metrics.jsonl").read_text().splitlines()]
+    for r in recs:
+        r.pop("examples_per_s")
+    return recs
+
+
+def test_interrupt_and_resume_match_an_uninterrupted_run(cli):
+    """Ctrl-C (SIGINT) leaves a resumable checkpoint; the resumed run ends like an uninterrupted one."""
+    args = ["copy", "--M", 9, "--difficulty", 3, "--steps", 60, *FAST, "--set", "train.log_every=2"]
+    assert cli("train", *args, "--name", "whole").exit_code == 0
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-c", "from nramctl.cli import main; main()", "train", *map(str, args),
+           "--name", "cut", "--runs-dir", str(cli.root), "--json"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = cli.root / "cut" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert b"nramctl train --resume cut" in err and b"Traceback" not in err
+    status = json.loads((cli.root / "cut" / "status.json").read_text())
+    assert status["state"] == "interrupted" and 0 < status["step"] < 60
+    r = cli("train", "--resume", "cut", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["steps"] == 60
+    assert last_metrics(cli.root, "cut") == last_metrics(cli.root, "whole")
+    a = torch.load(cli.root / "cut/checkpoints/last.pt", weights_only=True)["trainer"]["model"]
+    b = torch.load(cli.root / "whole/checkpoints/last.pt", weights_only=True)["trainer"]["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def one_line_error(r, needle):
+    assert r.exit_code == 2, r.output
+    lines = [x for x in r.output.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.output, r.output
+    assert needle in r.output, r.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "sort"], "unknown task 'sort'"),
+    (["train", "copy", "--set", "train.lr=abc"], "train.lr"),
+    (["train", "copy", "--set", "train.colour=1"], "unknown key 'train.colour'"),
+    (["train", "copy", "--set", "model.gates=[READ,MUL]"], "unknown gate 'MUL'"),
+    (["train", "copy", "--set", "model.controller=gru"], "model.controller"),
+    (["train", "copy", "--M", "5"], "M=5 is too small for difficulty 5"),
+    (["train", "copy", "--set", "T=n**2"], "bad timestep rule"),
+    (["train", "copy", "--name", "../evil"], "invalid run name"),
+    (["eval", "run-9"], "no run 'run-9'"),
+    (["eval", "../../etc"], "invalid run name"),
+    (["eval", "pretrained/nothing"], "no pretrained model"),
+    (["inspect"], "no runs"),
+])
+def test_bad_input_gets_one_line_and_exit_2(cli, args, needle):
+    one_line_error(cli(*args), needle)
+    assert not cli.root.exists() or not any(cli.root.iterdir())
+
+
+def test_sample_with_too_small_memory():
+    one_line_error(CliRunner().invoke(app, ["tasks", "sample", "copy", "--M", "6", "--difficulty", "3"]),
+                   "too small")
+
+
+def test_bad_yaml_config(cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks:\n  copy: [unclosed\n")
+    one_line_error(cli("train", "copy", "--config", bad), "invalid YAML")
+    bad.write_text("tasks:\n  copy:\n    M: twelve\n")
+    one_line_error(cli("train", "copy", "--config", bad), "M: expected int, got 'twelve'")
+
+
+def test_corrupt_foreign_and_old_checkpoints(cli):
+    trained(cli)
+    best = cli.root / "run-1" / "checkpoints" / "best.pt"
+    good = best.read_bytes()
+    best.write_bytes(b"not a checkpoint")
+    one_line_error(cli("eval", "run-1"), "corrupt")
+    torch.save({"weights": torch.zeros(3)}, best)
+    one_line_error(cli("eval", "run-1"), "not a nramctl checkpoint")
+    ck = torch.load(__import__("io").BytesIO(good), weights_only=True)
+    ck["version"] = 99
+    torch.save(ck, best)
+    one_line_error(cli("eval", "run-1"), "checkpoint version 99")
+    best.write_bytes(good)
+    one_line_error(cli("inspect", "run-1", "--step", 99), "--step must be between 1 and")
+    one_line_error(cli("eval", "run-1/seed-4"), "not seed-4")
