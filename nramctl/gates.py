@@ -12,6 +12,7 @@ Python ints (the discrete executor) and on integer tensors (the batched discreti
 READ and WRITE touch memory and are applied by the machine itself; their meaning:
 READ(p) = memory[p]; WRITE(p, a) sets memory[p] = a and returns a.
 """
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -31,67 +32,62 @@ class Gate:
     memory: str = ""                    # "read" or "write" for the memory gates
 
 
+@functools.lru_cache(maxsize=None)
+def _relations(M, dtype, device):
+    """Fixed 0/1 matrices over {0..M-1}: rel[name][x, c] = [x name c], and the one-hot rows."""
+    i = torch.arange(M, device=device)
+    x, c = i[:, None], i[None, :]
+    eye = torch.eye(M, dtype=dtype, device=device)
+    return {"<": (x < c).to(dtype), "<=": (x <= c).to(dtype), ">": (x > c).to(dtype),
+            ">=": (x >= c).to(dtype), "one_hot": eye, "flip01": eye[1] - eye[0]}
+
+
+def _rel(X, name):
+    return _relations(X.shape[-1], X.dtype, X.device)[name]
+
+
 def _const(k):
     def fuzzy(A, B):
-        out = torch.zeros_like(A)
-        out[:, k % A.shape[-1]] = 1.0
-        return out
+        return _rel(A, "one_hot")[k % A.shape[-1]].expand_as(A)
     return fuzzy
 
 
-def _binary(p, M):
+def _binary(p, X):
     """[N] probability of 1 -> [N, M] distribution on {0, 1}."""
-    return torch.nn.functional.pad(torch.stack([1 - p, p], -1), (0, M - 2))
+    return _rel(X, "one_hot")[0] + p[:, None] * _rel(X, "flip01")
 
 
-def _at_least(X):
-    """P(X >= c) for every c: suffix sums. [N, M] -> [N, M]."""
-    return X.flip(-1).cumsum(-1).flip(-1)
+def _windows(X):
+    """[N, M] -> [N, M+1, M] view with out[n, s, c] = X[n, (s + c) mod M]: no gather, no copy."""
+    return torch.cat([X, X], -1).unfold(-1, X.shape[-1], 1)
 
 
-def _above(X):
-    """P(X > c): suffix sums that exclude c itself, computed without subtraction (stays >= 0)."""
-    return torch.nn.functional.pad(_at_least(X)[:, 1:], (0, 1))
+def _add(A, B):   # P(a+b = c) = sum_a A[a] B[c-a]; row a of the circulant is window M - a
+    return torch.bmm(A[:, None, :], _windows(B)[:, 1:].flip(1))[:, 0]
 
 
-def _below(X):
-    """P(X < c): prefix sums that exclude c itself."""
-    return torch.nn.functional.pad(X.cumsum(-1)[:, :-1], (1, 0))
+def _sub(A, B):   # P(a-b = c) = sum_b B[b] A[c+b]; row b is window b
+    return torch.bmm(B[:, None, :], _windows(A)[:, :-1])[:, 0]
 
 
-def _circulant(X, sign):
-    """[N, M] -> [N, M, M] with out[n, i, c] = X[n, (c + sign * i) mod M]."""
-    M = X.shape[-1]
-    i = torch.arange(M, device=X.device)
-    return X[:, (i[None, :] + sign * i[:, None]) % M]
-
-
-def _add(A, B):   # P(a+b = c) = sum_a A[a] B[c-a]
-    return torch.bmm(A[:, None, :], _circulant(B, -1))[:, 0]
-
-
-def _sub(A, B):   # P(a-b = c) = sum_b B[b] A[c+b]
-    return torch.bmm(B[:, None, :], _circulant(A, +1))[:, 0]
-
-
-def _lt(A, B):    # P(a < b) = sum_a A[a] P(B > a)
-    return _binary((A * _above(B)).sum(-1), A.shape[-1])
+def _lt(A, B):    # P(a < b) = sum_{a,b} A[a] [a < b] B[b]
+    return _binary(((A @ _rel(A, "<")) * B).sum(-1), A)
 
 
 def _le(A, B):
-    return _binary((A * _at_least(B)).sum(-1), A.shape[-1])
+    return _binary(((A @ _rel(A, "<=")) * B).sum(-1), A)
 
 
 def _eq(A, B):
-    return _binary((A * B).sum(-1), A.shape[-1])
+    return _binary((A * B).sum(-1), A)
 
 
 def _min(A, B):   # P(min = c) = P(A=c) P(B>=c) + P(A>c) P(B=c)
-    return A * _at_least(B) + _above(A) * B
+    return A * (B @ _rel(B, ">=")) + (A @ _rel(A, ">")) * B
 
 
 def _max(A, B):   # P(max = c) = P(A=c) P(B<=c) + P(A<c) P(B=c)
-    return A * (B.cumsum(-1)) + _below(A) * B
+    return A * (B @ _rel(B, "<=")) + (A @ _rel(A, "<")) * B
 
 
 GATES = {

@@ -102,7 +102,10 @@ class StepOut(NamedTuple):
 
 
 def step(model, state, clip_c=None, renorm=True, trace=False):
-    """One fuzzy timestep: State -> (State, StepOut)."""
+    """One fuzzy timestep: State -> (State, StepOut).
+
+    The activation clip and the renormalization act on what a step hands on (controller logits,
+    registers, memory); gate outputs live only inside the step and are combined into those."""
     regs, mem = state.registers, state.memory
     ch, ctl = model.choose(regs[:, :, 0], state.ctl)
     args_w = torch.softmax(clip(ch.args, clip_c), -1)
@@ -121,10 +124,8 @@ def step(model, state, clip_c=None, renorm=True, trace=False):
             mem = mem + A[:, :, None] * (B[:, None, :] - mem)
             out = B
         else:
-            out = g.fuzzy(A if A is not None else regs[:, 0], B if B is not None else regs[:, 0])
-        if renorm and g.arity:
-            out = renormalize(out)
-        values.append(clip(out, clip_c))
+            out = g.fuzzy(A if A is not None else values[0], B)
+        values.append(out)
         if trace:
             inputs.append((A, B))
     new_regs = torch.bmm(regs_w, torch.stack(values, 1))
@@ -136,16 +137,18 @@ def step(model, state, clip_c=None, renorm=True, trace=False):
 
 
 def halting(stops, T):
-    """p_t = f_t prod_{s<t} (1 - f_s); the last step t = T_n - 1 takes the remaining mass.
+    """p_t = f_t prod_{s<t} (1 - f_s); the last step t = T_n - 1 takes the remaining mass, and
+    steps after it get none.  stops: [T, N] values f_t in [0, 1]; T: [N] -> [T, N]."""
+    remaining = torch.cumprod(torch.cat([torch.ones_like(stops[:1]), 1 - stops[:-1]]), 0)
+    t = torch.arange(stops.shape[0])[:, None]
+    return torch.where(t < T - 1, stops * remaining, torch.where(t == T - 1, remaining, 0.0))
 
-    stops: [T, N] values f_t in [0, 1]; T: [N] timesteps per example -> [T, N] probabilities."""
-    Tmax, N = stops.shape
-    out, remaining = [], torch.ones(N, dtype=stops.dtype)
-    for t in range(Tmax):
-        last = T - 1 == t
-        out.append(torch.where(last, remaining, torch.where(t < T - 1, stops[t] * remaining, 0.0)))
-        remaining = remaining * (1 - stops[t])
-    return torch.stack(out)
+
+def halt_step(stops, T):
+    """Evaluation's halting step (0-based): the first t with f_t > 0.5, else T_n - 1. [T, N] -> [N]."""
+    t = torch.arange(stops.shape[0])[:, None]
+    stop = (stops > 0.5) | (t >= T - 1)
+    return stop.to(torch.int8).argmax(0)
 
 
 class Batch(NamedTuple):
@@ -170,33 +173,29 @@ def entropy(w, eps):
 
 
 def fuzzy_run(model, batch, clip_c=None, renorm=True, eps=1e-6, trace=False):
-    """Unroll the fuzzy machine for max(T) steps and score it (SPEC sections 1 and 3)."""
+    """Unroll the fuzzy machine for max(T) steps and score it (SPEC sections 1 and 3).
+
+    loss_n = - sum_t p_t sum_{i scored} log(max(memory^(t)[i, y_i], eps))"""
     state = model.initial_state(batch.memory)
-    N = batch.memory.shape[0]
-    y, mask, T = batch.target[:, :, None], batch.mask.to(state.memory.dtype), batch.T
-    remaining = torch.ones(N, dtype=mask.dtype)
-    loss = torch.zeros(N, dtype=mask.dtype)
-    ent = torch.zeros(N, dtype=mask.dtype)
-    used_args = (model.arity[:, None] > torch.arange(2)[None, :]).to(mask.dtype)   # [Q, 2]
-    pred, halt = batch.memory.clone(), T - 1
-    halted = torch.zeros(N, dtype=torch.bool)
+    y, T = batch.target[:, :, None], batch.T
+    stops, probs, argmaxes, args_ws, regs_ws = [], [], [], [], []
     steps = [] if trace else None
     for t in range(int(T.max())):
         before = state
         state, out = step(model, state, clip_c, renorm, trace)
-        alive = t < T
-        # halting distribution: the last step of each example takes the remaining mass
-        p = torch.where(t == T - 1, remaining, torch.where(alive, out.stop * remaining, 0.0))
-        remaining = remaining * (1 - out.stop)
-        ll = (torch.log(state.memory.gather(2, y).squeeze(2).clamp_min(eps)) * mask).sum(1)
-        loss = loss - p * ll
-        args_w, regs_w = out.weights
-        h = (entropy(args_w, eps) * used_args).sum((1, 2)) + entropy(regs_w, eps).sum(1)
-        ent = ent + h * alive
-        now = alive & ~halted & ((out.stop > 0.5) | (t == T - 1))
-        pred = torch.where(now[:, None], state.memory.argmax(-1), pred)
-        halt = torch.where(now, t, halt)
-        halted = halted | now
+        stops.append(out.stop)
+        probs.append(state.memory.gather(2, y).squeeze(2))          # P(cell i holds y_i), [N, M]
+        argmaxes.append(state.memory.detach().argmax(-1))
+        args_ws.append(out.weights[0])
+        regs_ws.append(out.weights[1])
         if trace:
             steps.append((before, out, state))
-    return RunOut(loss, ent, pred, halt, steps)
+    stops = torch.stack(stops)                                        # [T, N]
+    ll = (torch.log(torch.stack(probs).clamp_min(eps)) * batch.mask).sum(-1)
+    loss = -(halting(stops, T) * ll).sum(0)
+    alive = (torch.arange(len(stops))[:, None] < T).to(ll.dtype)      # [T, N]
+    used = (model.arity[:, None] > torch.arange(2)[None, :]).to(ll.dtype)
+    h = (entropy(torch.stack(args_ws), eps) * used).sum((2, 3)) + entropy(torch.stack(regs_ws), eps).sum(2)
+    halt = halt_step(stops.detach(), T)
+    pred = torch.stack(argmaxes).gather(0, halt[None, :, None].expand(1, *batch.memory.shape))[0]
+    return RunOut(loss, (h * alive).sum(0), pred, halt, steps)

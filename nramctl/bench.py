@@ -1,0 +1,50 @@
+"""Throughput of full training steps (forward, backward, Adam) on random data, and of discrete steps.
+
+Measures the same work as `shared/bench/nram_naive.py`: B examples of M cells, T timesteps, R registers,
+all 14 gates, random memory and targets with every cell scored; `seeds` models train side by side and
+their examples are all counted.
+"""
+import resource
+import time
+
+import torch
+
+from .gates import PAPER_GATES
+from .machine import NRAM, Batch, fuzzy_run
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def random_batch(N, M, T, generator):
+    memory = torch.randint(0, M, (N, M), generator=generator)
+    target = torch.randint(0, M, (N, M), generator=generator)
+    return Batch(memory, target, torch.ones(N, M, dtype=torch.bool), torch.full((N,), T),
+                 torch.ones(N, dtype=torch.long))
+
+
+def bench_train(batch=32, M=20, T=20, R=4, hidden=64, controller="lstm", seeds=1, steps=10,
+                warmup=2, clip_activation=None, renormalize=False):
+    """Seconds per training step and example-timesteps per second (summed over seeds)."""
+    model = NRAM(R, PAPER_GATES, 1, controller, hidden, list(range(seeds)))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+
+    def one():
+        b = random_batch(seeds * batch, M, T, g)
+        loss = fuzzy_run(model, b, clip_activation, renormalize).loss.view(seeds, -1).mean(1).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        one()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        one()
+    dt = (time.perf_counter() - t0) / steps
+    return {"batch": batch, "M": M, "T": T, "R": R, "hidden": hidden, "controller": controller,
+            "seeds": seeds, "gates": len(PAPER_GATES), "steps": steps, "threads": torch.get_num_threads(),
+            "seconds_per_step": dt, "example_timesteps_per_s": seeds * batch * T / dt,
+            "peak_rss_mb": round(peak_rss_mb(), 1)}
