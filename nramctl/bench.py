@@ -25,7 +25,7 @@ def random_batch(N, M, T, generator):
 
 
 def bench_train(batch=32, M=20, T=20, R=4, hidden=64, controller="lstm", seeds=1, steps=10,
-                warmup=2, clip_activation=None, renormalize=False):
+                warmup=2, clip_activation=10.0, renormalize=True):
     """Seconds per training step and example-timesteps per second (summed over seeds)."""
     model = NRAM(R, PAPER_GATES, 1, controller, hidden, list(range(seeds)))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -48,3 +48,20 @@ def bench_train(batch=32, M=20, T=20, R=4, hidden=64, controller="lstm", seeds=1
             "seeds": seeds, "gates": len(PAPER_GATES), "steps": steps, "threads": torch.get_num_threads(),
             "seconds_per_step": dt, "example_timesteps_per_s": seeds * batch * T / dt,
             "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def run_baseline(script, batch, M, T, R, hidden, threads=None, steps=10):
+    """example_timesteps_per_s of the naive baseline script, run in a subprocess with the same flags."""
+    import json
+    import subprocess
+    import sys
+    cmd = [sys.executable, str(script), "--batch", str(batch), "--M", str(M), "--T", str(T), "--R", str(R),
+           "--hidden", str(hidden), "--steps", str(steps)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3600).stdout
+        return json.loads(out.strip().splitlines()[-1])["example_timesteps_per_s"]
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError):
+        from .config import ConfigError
+        raise ConfigError(f"--baseline {script}: could not run it or read its JSON line") from None

@@ -157,22 +157,41 @@ def eval_cmd(
 def generalize(
     run_ref: RunRef = None,
     M: Annotated[int, typer.Option("--M", help="Memory size to test at.")] = 50,
-    n: Annotated[int, typer.Option("--n", help="Examples per difficulty.")] = 100,
+    n: Annotated[Optional[int], typer.Option("--n", help="Examples per difficulty "
+                                             "(default 100; 5 with --discrete beyond M=1000).")] = None,
+    difficulty: Annotated[Optional[int], typer.Option(help="Only this difficulty.")] = None,
     max_difficulty: Annotated[Optional[int], typer.Option(help="Stop at this difficulty.")] = None,
+    discrete: Annotated[bool, typer.Option(help="Only the constant-time discrete executor "
+                                                "(any M; sparse memory).")] = False,
     seed: Seed = 12345,
     runs_dir: RunsDir = Path("runs"),
     json: Json = False,
 ):
     """Error against difficulty at a larger memory, fuzzy and discretized side by side."""
-    from .evaluate import generalization
+    from .evaluate import difficulty_grid, executor_generalization, generalization
     run, cfg, model, name = _model(runs_dir, run_ref)
-    _memory(cfg, M, task(cfg.task).min_difficulty)
-    rows = generalization(model, cfg, M, n, np.random.default_rng(seed), max_difficulty)
-    clean = [{k: (float(v[0]) if hasattr(v, "__len__") else v) for k, v in r.items()} for r in rows]
-    out = {"run": name, "task": cfg.task, "M": M, "n": n, "rows": clean}
+    t = task(cfg.task)
+    _memory(cfg, M, t.min_difficulty)
+    if difficulty is not None:
+        t.check(difficulty, M)
+        ds = [difficulty]
+    else:
+        top = min(t.max_difficulty(M), max_difficulty or M)
+        ds = difficulty_grid(t.min_difficulty, top) if discrete else list(range(t.min_difficulty, top + 1))
+    if not discrete and M > 400:
+        raise ConfigError(f"--M {M}: the fuzzy machine needs M x M memory per example; "
+                          "use --discrete for large M")
+    n = n or (5 if discrete and M > 1000 else 100)
+    rng = np.random.default_rng(seed)
+    if discrete:
+        rows = executor_generalization(model, cfg, M, n, rng, ds)
+    else:
+        rows = generalization(model, cfg, M, n, rng, ds)
+    out = {"run": name, "task": cfg.task, "M": M, "n": n, "discrete_only": discrete, "rows": rows}
     if not run.readonly:
-        run.write_json(f"generalize-M{M}.json", out)
-        out["saved"] = str(run.path / f"generalize-M{M}.json")
+        fname = f"generalize-M{M}{'-discrete' if discrete else ''}.json"
+        run.write_json(fname, out)
+        out["saved"] = str(run.path / fname)
     render.emit_json(out) if json else render.generalization(out)
 
 
@@ -183,14 +202,22 @@ def inspect_cmd(
     example: Annotated[int, typer.Option(help="Which example of the stream.")] = 0,
     difficulty: Annotated[Optional[int], typer.Option(help="Difficulty of the example.")] = None,
     M: MemOpt = None,
+    program: Annotated[bool, typer.Option(help="Show the learned circuit as a readable program.")] = False,
     seed: Seed = 0,
     runs_dir: RunsDir = Path("runs"),
     json: Json = False,
 ):
-    """Per-step circuit traces of one example."""
-    from .traces import trace
+    """Per-step circuit traces of one example, or (--program) the learned program."""
+    from .traces import example_batch, trace
     run, cfg, model, name = _model(runs_dir, run_ref)
     M, d = _memory(cfg, M, difficulty)
+    if program:
+        from .readable import describe
+        b, _ = example_batch(cfg, M, d, 19, seed)
+        out = {"run": name, "task": cfg.task, "M": M, "difficulty": d,
+               **describe(model, b.memory.tolist(), M, b.T.tolist())}
+        render.emit_json(out) if json else render.program(out)
+        return
     if example < 0:
         raise ConfigError(f"--example must be >= 0, got {example}")
     tr = {"run": name, **trace(model, cfg, M, d, example, seed)}
@@ -207,6 +234,26 @@ def inspect_cmd(
 
 
 @command()
+def export(
+    run_ref: RunRef = None,
+    python: Annotated[Path, typer.Option("--python", help="Write a standalone Python program here.")] = ...,
+    runs_dir: RunsDir = Path("runs"),
+):
+    """Write a feed-forward model's learned algorithm as standalone Python (no torch needed)."""
+    from .readable import export_python
+    from .runs import atomic_write
+    run, cfg, model, name = _model(runs_dir, run_ref)
+    try:
+        code = export_python(model, cfg.task, name)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    if not python.parent.is_dir():
+        raise ConfigError(f"--python {python}: folder {python.parent} does not exist")
+    atomic_write(python, code)
+    render.console.print(f"wrote {python}: call run(memory, T) on a list of {cfg.M}-or-more ints")
+
+
+@command()
 def runs(runs_dir: RunsDir = Path("runs"), json: Json = False):
     """A table of runs."""
     rows = []
@@ -217,6 +264,48 @@ def runs(runs_dir: RunsDir = Path("runs"), json: Json = False):
                      "steps": st.get("step"), "best_error": min(errs) if errs else None,
                      "state": st.get("state", "unknown"), "seeds": len(st.get("seeds", []))})
     render.emit_json(rows) if json else render.runs_table(rows)
+
+
+@command()
+def bench(
+    batch: Annotated[int, typer.Option(help="Examples per seed.")] = 32,
+    M: Annotated[str, typer.Option("--M", help="Memory size (comma-separated list with --discrete).")] = "20",
+    T: Annotated[int, typer.Option("--T", help="Timesteps.")] = 20,
+    R: Annotated[int, typer.Option("--R", help="Registers.")] = 4,
+    hidden: Annotated[int, typer.Option(help="Controller hidden size.")] = 64,
+    controller: Annotated[str, typer.Option(help="mlp or lstm.")] = "lstm",
+    seeds: Annotated[int, typer.Option(help="Models trained side by side.")] = 1,
+    steps: Annotated[int, typer.Option(help="Timed training steps.")] = 10,
+    threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: torch's).")] = None,
+    baseline: Annotated[Optional[Path], typer.Option(help="Also run this naive script (shared/bench/nram_naive.py) "
+                                                          "with the same flags and print the ratio.")] = None,
+    json: Json = False,
+):
+    """Time full training steps (forward, backward, Adam) with all 14 gates on random data."""
+    import torch
+    from .bench import bench_train, run_baseline
+    if threads:
+        torch.set_num_threads(threads)
+    if controller not in ("mlp", "lstm"):
+        raise ConfigError(f"--controller: {controller!r} must be mlp or lstm")
+    try:
+        Ms = [int(m) for m in M.split(",")]
+    except ValueError:
+        raise ConfigError(f"--M: expected integers, got {M!r}") from None
+    rows = []
+    for m in Ms:
+        if m < 3 or min(batch, T, R, hidden, seeds, steps) < 1:
+            raise ConfigError("--M must be >= 3 and every other size >= 1")
+        r = bench_train(batch, m, T, R, hidden, controller, seeds, steps)
+        if baseline:
+            base = run_baseline(baseline, batch, m, T, R, hidden, threads)
+            r["baseline_example_timesteps_per_s"] = base
+            r["speedup"] = r["example_timesteps_per_s"] / base
+        rows.append(r)
+    if json:
+        render.emit_json(rows[0] if len(rows) == 1 else rows)
+    else:
+        render.bench_table(rows)
 
 
 @tasks_app.callback()

@@ -78,18 +78,49 @@ def compare(model, cfg, M, difficulties, rng, chunk=250):
             "discrete_agrees": acc["agree"] / n}
 
 
-def generalization(model, cfg, M, per_difficulty, rng, max_difficulty=None, progress=None):
-    """A row per difficulty from the task's minimum to the largest that M holds (or max_difficulty):
-    difficulty, T, and compare()'s figures for each seed."""
+def generalization(model, cfg, M, per_difficulty, rng, difficulties):
+    """A row per difficulty: difficulty, T, and compare()'s figures (first seed) at memory size M."""
+    return [{"difficulty": int(d), "T": cfg.T_of(d),
+             **{k: float(v[0]) for k, v in compare(model, cfg, M, np.full(per_difficulty, d), rng).items()}}
+            for d in difficulties]
+
+
+def difficulty_grid(lo, hi, limit=60):
+    """Every difficulty from lo to hi when there are few; else 1-2-5 steps per decade, and hi."""
+    if hi - lo + 1 <= limit:
+        return list(range(lo, hi + 1))
+    grid, scale = set(range(lo, min(hi, 10) + 1)), 10
+    while scale <= hi:
+        grid.update(x * scale for x in (1, 2, 5) if lo <= x * scale <= hi)
+        scale *= 10
+    return sorted(grid | {hi})
+
+
+def executor_generalization(model, cfg, M, per_difficulty, rng, difficulties, progress=None):
+    """Rows of {difficulty, T, discrete_error, discrete_example_error, seconds, steps_per_s} from the
+    constant-time executor; memories are sparse dicts, so M can be far beyond what M x M allows."""
+    import time
+
+    from .executor import Program, execute
     from .tasks import task
-    t = task(cfg.task)
-    top = t.max_difficulty(M)
-    if max_difficulty:
-        top = min(top, max_difficulty)
+    program, t = Program(model), task(cfg.task)
     rows = []
-    for n in range(t.min_difficulty, top + 1):
-        r = compare(model, cfg, M, np.full(per_difficulty, n), rng)
-        rows.append({"difficulty": n, "T": cfg.T_of(n), **r})
+    for n in difficulties:
+        wrong = scored = bad = steps = 0
+        t0 = time.perf_counter()
+        for _ in range(per_difficulty):
+            mem, target, mask = t.sample(n, M, rng)
+            cells = np.flatnonzero(mem)
+            sparse = dict(zip(cells.tolist(), mem[cells].tolist()))
+            steps += execute(program, sparse, M, cfg.T_of(n)) + 1
+            out = np.array([sparse.get(c, 0) for c in np.flatnonzero(mask).tolist()])
+            w = int((out != target[mask]).sum())
+            wrong, scored, bad = wrong + w, scored + int(mask.sum()), bad + (w > 0)
+        dt = time.perf_counter() - t0
+        rows.append({"difficulty": n, "T": cfg.T_of(n), "error": None,
+                     "discrete_error": wrong / max(scored, 1), "discrete_agrees": None,
+                     "discrete_example_error": bad / per_difficulty, "seconds": dt,
+                     "steps_per_s": steps / dt if dt else None})
         if progress:
-            progress(n, top)
+            progress(n, difficulties[-1])
     return rows

@@ -30,6 +30,7 @@ class Gate:
     int_fn: Optional[Callable]          # (a, b, M) -> int; None for READ / WRITE
     fuzzy: Optional[Callable]           # (A [N, M], B [N, M]) -> [N, M]; None for READ / WRITE
     memory: str = ""                    # "read" or "write" for the memory gates
+    expr: str = ""                      # the integer function as an expression in a, b, M
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,20 +91,25 @@ def _max(A, B):   # P(max = c) = P(A=c) P(B<=c) + P(A<c) P(B=c)
     return A * (B @ _rel(B, "<=")) + (A @ _rel(A, "<")) * B
 
 
+def _gate(name, arity, expr, fuzzy):
+    """A value gate from its integer expression in a, b and M (compiled once, exported as text)."""
+    return Gate(name, arity, eval(f"lambda a, b, M: {expr}"), fuzzy, expr=expr)
+
+
 GATES = {
     "READ":  Gate("READ", 1, None, None, memory="read"),
-    "ZERO":  Gate("ZERO", 0, lambda a, b, M: 0, _const(0)),
-    "ONE":   Gate("ONE", 0, lambda a, b, M: 1 % M, _const(1)),
-    "TWO":   Gate("TWO", 0, lambda a, b, M: 2 % M, _const(2)),
-    "INC":   Gate("INC", 1, lambda a, b, M: (a + 1) % M, lambda A, B: torch.roll(A, 1, -1)),
-    "ADD":   Gate("ADD", 2, lambda a, b, M: (a + b) % M, _add),
-    "SUB":   Gate("SUB", 2, lambda a, b, M: (a - b) % M, _sub),
-    "DEC":   Gate("DEC", 1, lambda a, b, M: (a - 1) % M, lambda A, B: torch.roll(A, -1, -1)),
-    "LT":    Gate("LT", 2, lambda a, b, M: (a < b) * 1, _lt),
-    "LE":    Gate("LE", 2, lambda a, b, M: (a <= b) * 1, _le),
-    "EQ":    Gate("EQ", 2, lambda a, b, M: (a == b) * 1, _eq),
-    "MIN":   Gate("MIN", 2, lambda a, b, M: a + (b - a) * (b < a), _min),
-    "MAX":   Gate("MAX", 2, lambda a, b, M: a + (b - a) * (b > a), _max),
+    "ZERO":  _gate("ZERO", 0, "0", _const(0)),
+    "ONE":   _gate("ONE", 0, "1 % M", _const(1)),
+    "TWO":   _gate("TWO", 0, "2 % M", _const(2)),
+    "INC":   _gate("INC", 1, "(a + 1) % M", lambda A, B: torch.roll(A, 1, -1)),
+    "ADD":   _gate("ADD", 2, "(a + b) % M", _add),
+    "SUB":   _gate("SUB", 2, "(a - b) % M", _sub),
+    "DEC":   _gate("DEC", 1, "(a - 1) % M", lambda A, B: torch.roll(A, -1, -1)),
+    "LT":    _gate("LT", 2, "(a < b) * 1", _lt),
+    "LE":    _gate("LE", 2, "(a <= b) * 1", _le),
+    "EQ":    _gate("EQ", 2, "(a == b) * 1", _eq),
+    "MIN":   _gate("MIN", 2, "a + (b - a) * (b < a)", _min),
+    "MAX":   _gate("MAX", 2, "a + (b - a) * (b > a)", _max),
     "WRITE": Gate("WRITE", 2, None, None, memory="write"),
 }
 PAPER_GATES = list(GATES)       # the paper's 14 gates in the paper's order

@@ -72,13 +72,22 @@ def eval_result(r):
 
 
 def generalization(r):
-    t = Table(title=f"{r['run']}: generalization at M={r['M']} ({r['n']} examples per difficulty)")
-    for col in ("difficulty", "T", "fuzzy error", "discrete error", "discrete = fuzzy"):
+    mode = "discrete executor" if r.get("discrete_only") else "fuzzy and discretized"
+    t = Table(title=f"{r['run']}: generalization at M={r['M']:,}, {mode} ({r['n']} examples per difficulty)")
+    cols = ["difficulty", "T"]
+    cols += ["discrete error", "example error", "steps/s"] if r.get("discrete_only") else \
+        ["fuzzy error", "discrete error", "discrete = fuzzy"]
+    for col in cols:
         t.add_column(col, justify="right")
     for row in r["rows"]:
-        style = "green" if row["error"] == 0 else None
-        t.add_row(str(row["difficulty"]), str(row["T"]), pct(row["error"]), pct(row["discrete_error"]),
-                  pct(row["discrete_agrees"]), style=style)
+        if r.get("discrete_only"):
+            cells = [pct(row["discrete_error"]), pct(row["discrete_example_error"]),
+                     f"{row['steps_per_s']:,.0f}" if row["steps_per_s"] else "-"]
+            ok = row["discrete_error"] == 0
+        else:
+            cells = [pct(row["error"]), pct(row["discrete_error"]), pct(row["discrete_agrees"])]
+            ok = row["error"] == 0 and row["discrete_error"] == 0
+        t.add_row(f"{row['difficulty']:,}", f"{row['T']:,}", *cells, style="green" if ok else None)
     console.print(t)
     if r.get("saved"):
         console.print(f"saved in {r['saved']}")
@@ -174,3 +183,34 @@ def inspect_overview(tr):
     console.print(f"input  {tr['memory']}")
     console.print(f"output {[v if m else '·' for v, m in zip(tr['output'], tr['mask'])]}")
     console.print(f"target {[v if m else '·' for v, m in zip(tr['target'], tr['mask'])]}")
+
+
+def bench_table(rows):
+    r0 = rows[0]
+    t = Table(title=f"training step: batch {r0['batch']} x {r0['seeds']} seed(s), T={r0['T']}, R={r0['R']}, "
+                    f"H={r0['hidden']}, {r0['controller']}, {r0['gates']} gates, {r0['threads']} thread(s)")
+    cols = ["M", "example-timesteps/s", "s/step", "peak RSS MB"]
+    if "speedup" in r0:
+        cols += ["naive ex-ts/s", "speedup"]
+    for c in cols:
+        t.add_column(c, justify="right")
+    for r in rows:
+        cells = [str(r["M"]), f"{r['example_timesteps_per_s']:,.0f}", f"{r['seconds_per_step']:.4f}",
+                 f"{r['peak_rss_mb']:.0f}"]
+        if "speedup" in r:
+            cells += [f"{r['baseline_example_timesteps_per_s']:,.0f}", f"{r['speedup']:.2f}x"]
+        t.add_row(*cells)
+    console.print(t)
+
+
+def program(r):
+    console.print(f"[bold]{r['run']}[/]: {r['task']} as a program ({r['controller']}; registers update at "
+                  f"once; seen on examples of difficulty {r['difficulty']} at M={r['M']})")
+    for c in r["circuits"]:
+        when = "; ".join(c["when"][:4]) + (" ..." if len(c["when"]) > 4 else "")
+        t = Table(title=f"circuit {c['circuit']}: steps {c['steps']}", title_justify="left", show_header=False)
+        t.add_column("")
+        for line in c["lines"]:
+            t.add_row(line)
+        console.print(t)
+        console.print(f"  used when {when}")
