@@ -65,3 +65,24 @@ def run_baseline(script, batch, M, T, R, hidden, threads=None, steps=10):
     except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError):
         from .config import ConfigError
         raise ConfigError(f"--baseline {script}: could not run it or read its JSON line") from None
+
+
+def bench_discrete(M, steps=20000, R=4, seed=0):
+    """Seconds per executed timestep of the constant-time executor on an M-cell integer memory,
+    running a random-weight MLP's lookup-table program with all 14 gates (reads and writes at
+    data-dependent addresses). The memory's allocation is not timed."""
+    import numpy as np
+
+    from .executor import Program, execute
+    model = NRAM(R, PAPER_GATES, 1, "mlp", 32, [seed])
+    with torch.no_grad():
+        model.controller.head.weight.mul_(8)
+        model.controller.head.bias[0, 0, -1] = -1e3       # never halt: time all steps
+    program = Program(model)
+    rng = np.random.default_rng(seed)
+    memory = rng.integers(0, M, size=M).tolist()
+    t0 = time.perf_counter()
+    done = execute(program, memory, M, steps) + 1
+    dt = time.perf_counter() - t0
+    return {"M": M, "steps": done, "seconds_per_step": dt / done, "steps_per_s": done / dt,
+            "peak_rss_mb": round(peak_rss_mb(), 1)}

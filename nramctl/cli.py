@@ -234,6 +234,33 @@ def inspect_cmd(
 
 
 @command()
+def reproduce(
+    tasks: Annotated[Optional[List[str]], typer.Argument(metavar="[TASK]...",
+                                                         help="Default: the five easy tasks.")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds trained side by side per task.")] = 8,
+    budget_minutes: Annotated[float, typer.Option(help="Training time per task.")] = 30.0,
+    n: Annotated[int, typer.Option("--n", help="Test examples per difficulty.")] = 20,
+    up_to: Annotated[int, typer.Option(help="Largest test difficulty.")] = 50,
+    config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
+    set_: Annotated[List[str], typer.Option("--set", help="Override a field: key=value.")] = [],
+    runs_dir: RunsDir = Path("runs"),
+    json: Json = False,
+):
+    """Run the paper's protocol per task and print our results beside the paper's Table 1."""
+    from .reproduce import EASY, reproduce_task
+    names = [task(t).name for t in (tasks or EASY)]
+    cfgs = [task_config(t, config, [*set_, f"train.seeds={seeds}", "train.steps=1000000"]) for t in names]
+    store, results = RunStore(runs_dir), []
+    for cfg in cfgs:
+        with render.TrainProgress(f"{cfg.task}", None, 0, enabled=not json) as bar:
+            r = reproduce_task(store, cfg, budget_minutes * 60, n, up_to, on_log=bar.update)
+        results.append(r)
+        if not json:
+            render.reproduce_row(r)
+    render.emit_json(results) if json else render.reproduce_table(results)
+
+
+@command()
 def export(
     run_ref: RunRef = None,
     python: Annotated[Path, typer.Option("--python", help="Write a standalone Python program here.")] = ...,
@@ -277,6 +304,8 @@ def bench(
     seeds: Annotated[int, typer.Option(help="Models trained side by side.")] = 1,
     steps: Annotated[int, typer.Option(help="Timed training steps.")] = 10,
     threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: torch's).")] = None,
+    discrete: Annotated[bool, typer.Option(help="Time the constant-time discrete executor at each --M "
+                                                "instead (e.g. --M 1000,10000,100000,1000000).")] = False,
     baseline: Annotated[Optional[Path], typer.Option(help="Also run this naive script (shared/bench/nram_naive.py) "
                                                           "with the same flags and print the ratio.")] = None,
     json: Json = False,
@@ -292,6 +321,13 @@ def bench(
         Ms = [int(m) for m in M.split(",")]
     except ValueError:
         raise ConfigError(f"--M: expected integers, got {M!r}") from None
+    if discrete:
+        from .bench import bench_discrete
+        rows = [bench_discrete(m, steps=max(steps, 1000)) for m in Ms]
+        flat = max(r["seconds_per_step"] for r in rows) / min(r["seconds_per_step"] for r in rows)
+        out = {"rows": rows, "slowest_over_fastest": flat}
+        render.emit_json(out) if json else render.bench_discrete_table(out)
+        return
     rows = []
     for m in Ms:
         if m < 3 or min(batch, T, R, hidden, seeds, steps) < 1:

@@ -61,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     seeds: int = 1                               # models trained side by side: seed, seed+1, ...
     target_error: float = 0.0                    # stop once fresh examples score at or below this
+    solve_discrete: bool = True                  # ... in the discretized machine too
     eval_every: int = 100                        # steps between checks on fresh examples
     eval_examples: int = 500
     log_every: int = 10

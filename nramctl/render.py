@@ -30,6 +30,7 @@ class TrainProgress:
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, disable=not enabled)
         self.task = self.progress.add_task(run_name, total=total, completed=start, info="")
+        self.total = total
 
     def __enter__(self):
         self.progress.__enter__()
@@ -214,3 +215,40 @@ def program(r):
             t.add_row(line)
         console.print(t)
         console.print(f"  used when {when}")
+
+
+def bench_discrete_table(out):
+    t = Table(title="discrete executor: time per executed timestep (14 gates, lookup-table controller)")
+    for c in ("M", "steps", "µs/step", "steps/s", "peak RSS MB"):
+        t.add_column(c, justify="right")
+    for r in out["rows"]:
+        t.add_row(f"{r['M']:,}", f"{r['steps']:,}", f"{1e6 * r['seconds_per_step']:.2f}",
+                  f"{r['steps_per_s']:,.0f}", f"{r['peak_rss_mb']:.0f}")
+    console.print(t)
+    console.print(f"slowest / fastest: {out['slowest_over_fastest']:.2f}x")
+
+
+def _gen(r):
+    if r["generalization_max_error"] == 0:
+        return f"perfect to {r['rows'][-1]['difficulty']}"
+    return f"0 to {r['generalization_perfect_up_to']}, max {pct(r['generalization_max_error'])}"
+
+
+def reproduce_row(r):
+    console.print(f"{r['task']}: {r['result']} ({r['seeds_solved']}/{r['seeds_tried']} seeds) after "
+                  f"{r['steps']} steps, {r['train_seconds']:.0f} s; kept {r['run']}/seed-{r['seed']}; "
+                  f"generalization {_gen(r)}; discrete = fuzzy on {pct(r['discrete_agrees'])}")
+
+
+def reproduce_table(results):
+    t = Table(title="Table 1: paper vs nramctl (generalization at M for difficulty 50, T scaled)")
+    for c in ("task", "train err (paper)", "train err (ours)", "generalization (paper)",
+              "generalization (ours)", "discretization (paper)", "discrete = fuzzy (ours)",
+              "seeds at 0", "steps", "train s"):
+        t.add_column(c, justify="right")
+    for r in results:
+        p = r["paper"]
+        t.add_row(r["task"], p["train"], pct(r["train_error"]), p["generalization"], _gen(r),
+                  p["discretization"], pct(r["discrete_agrees"]), f"{r['seeds_solved']}/{r['seeds_tried']}",
+                  str(r["steps"]), f"{r['train_seconds']:.0f}")
+    console.print(t)

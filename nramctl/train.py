@@ -104,11 +104,15 @@ class Trainer:
 
     # ---- checks on fresh examples ----------------------------------------------------------
     def check(self):
-        """Evaluate every seed on fresh examples over the whole training range; keep each seed's best."""
+        """Evaluate every seed on fresh examples over the whole training range; keep each seed's best.
+        With solve_discrete, a seed's error is the worse of its fuzzy and discretized errors."""
         cfg, tr = self.cfg, self.cfg.train
         rng = np.random.default_rng([tr.seed, self.step, 1])
         d = rng.integers(self.task.min_difficulty, cfg.difficulty + 1, size=tr.eval_examples)
         res = evaluate(self.model, cfg, cfg.M, d, rng)
+        if tr.solve_discrete:       # a solution must also hold once every softmax is an argmax
+            disc = evaluate(self.model, cfg, cfg.M, d, rng, discrete=True)
+            res = {"error": np.maximum(res["error"], disc["error"])}
         for s in range(self.S):
             e = float(res["error"][s])
             if self.solved_step[s] is None and e < self.best_error[s]:

@@ -173,3 +173,48 @@ def test_corrupt_foreign_and_old_checkpoints(cli):
     best.write_bytes(good)
     one_line_error(cli("inspect", "run-1", "--step", 99), "--step must be between 1 and")
     one_line_error(cli("eval", "run-1/seed-4"), "not seed-4")
+
+
+def test_program_export_discrete_generalize_and_multi_seed(cli, tmp_path):
+    out = trained(cli, "--seeds", 2, "--set", "model.controller=mlp")
+    assert len(out["seeds"]) == 2
+    r = cli("eval", "run-1/seed-1", "--n", 10, "--json")
+    assert json.loads(r.output)["run"] == "run-1/seed-1"
+    r = cli("inspect", "run-1/seed-0", "--program", "--json")
+    prog = json.loads(r.output)
+    assert prog["controller"] == "lookup table" and prog["circuits"][0]["steps"].startswith("1")
+    assert cli("inspect", "run-1", "--program").exit_code == 0
+    path = tmp_path / "prog.py"
+    assert cli("export", "run-1", "--python", path).exit_code == 0
+    ns = {}
+    exec(path.read_text(), ns)
+    memory = [4, 5, 6, 7, 0, 0, 0, 0, 0]
+    assert 0 <= ns["run"](memory, 7) < 7 and len(memory) == 9
+    r = cli("generalize", "run-1", "--M", 2_000_001, "--discrete", "--difficulty", 1000, "--n", 1, "--json")
+    g = json.loads(r.output)
+    assert g["rows"][0]["difficulty"] == 1000 and g["rows"][0]["T"] == 2001
+    one_line_error(cli("generalize", "run-1", "--M", 1000), "use --discrete")
+
+
+def test_export_refuses_an_lstm(cli, tmp_path):
+    trained(cli, "--set", "model.controller=lstm")
+    one_line_error(cli("export", "run-1", "--python", tmp_path / "x.py"), "lstm")
+
+
+def test_bench_prints_figures():
+    r = CliRunner().invoke(app, ["bench", "--steps", "1", "--M", "6", "--T", "3", "--batch", "4", "--json"])
+    b = json.loads(r.output)
+    assert set(b) >= {"example_timesteps_per_s", "seconds_per_step", "peak_rss_mb", "M", "seeds"}
+    r = CliRunner().invoke(app, ["bench", "--discrete", "--M", "100,100000", "--json"])
+    d = json.loads(r.output)
+    assert [row["M"] for row in d["rows"]] == [100, 100000] and d["slowest_over_fastest"] >= 1
+
+
+def test_reproduce_runs_the_protocol(cli):
+    r = cli("reproduce", "access", "--seeds", 2, "--budget-minutes", 0.05, "--n", 3, "--up-to", 6,
+            "--set", "train.eval_every=5", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)[0]
+    assert res["task"] == "access" and res["seeds_tried"] == 2
+    assert [row["difficulty"] for row in res["rows"]] == list(range(1, 7))
+    assert (cli.root / res["run"] / "checkpoints" / "best.pt").is_file()
