@@ -243,6 +243,7 @@ def reproduce(
     up_to: Annotated[int, typer.Option(help="Largest test difficulty.")] = 50,
     config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
     set_: Annotated[List[str], typer.Option("--set", help="Override a field: key=value.")] = [],
+    publish: Annotated[bool, typer.Option(help="Ship each perfect model as nramctl/pretrained/TASK.")] = False,
     runs_dir: RunsDir = Path("runs"),
     json: Json = False,
 ):
@@ -255,6 +256,12 @@ def reproduce(
         with render.TrainProgress(f"{cfg.task}", None, 0, enabled=not json) as bar:
             r = reproduce_task(store, cfg, budget_minutes * 60, n, up_to, on_log=bar.update)
         results.append(r)
+        run, _ = store.resolve(r["run"])
+        run.write_json("reproduce.json", r)
+        if publish and r["generalization_max_error"] == 0 and r["discrete_max_error"] == 0:
+            from .experiment import publish as publish_model
+            from .runs import PRETRAINED
+            r["published"] = str(publish_model(run, r["seed"], PRETRAINED / r["task"]).path)
         if not json:
             render.reproduce_row(r)
     render.emit_json(results) if json else render.reproduce_table(results)

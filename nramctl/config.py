@@ -60,6 +60,7 @@ class TrainConfig:
     lr: float = 0.003
     seed: int = 0
     seeds: int = 1                               # models trained side by side: seed, seed+1, ...
+    until: str = "first"                         # with several seeds: stop when the first or all solve
     target_error: float = 0.0                    # stop once fresh examples score at or below this
     solve_discrete: bool = True                  # ... in the discretized machine too
     eval_every: int = 100                        # steps between checks on fresh examples
@@ -153,6 +154,7 @@ def validate(cfg):
     for key in ("steps", "batch", "seeds", "eval_every", "eval_examples", "log_every", "checkpoint_every"):
         need(getattr(tr, key) >= 1, f"train.{key}", getattr(tr, key), "must be at least 1")
     need(tr.lr > 0, "train.lr", tr.lr, "must be positive")
+    need(tr.until in ("first", "all"), "train.until", tr.until, "must be first or all")
     need(0 <= tr.target_error <= 1, "train.target_error", tr.target_error, "must be in [0, 1]")
     c = tr.curriculum
     need(c.p_any >= 0 and c.p_upto >= 0 and c.p_any + c.p_upto <= 1, "train.curriculum.p_any",

@@ -87,3 +87,21 @@ def load_model(run, seed=None, which="best"):
         raise RunError(f"{run.name}: {which}.pt does not match its config") from None
     model.eval()
     return cfg, model, seed
+
+
+def publish(run, seed, dest):
+    """Write one seed of a run as a self-contained model directory (config.yaml + checkpoints/best.pt),
+    the form of the models shipped under nramctl/pretrained/."""
+    from pathlib import Path
+
+    from .runs import Run
+    cfg, model, seed = load_model(run, seed)
+    cfg.train.seeds, cfg.train.seed = 1, cfg.train.seed + seed
+    ck = run.load("best")
+    out = Run(Path(dest), Path(dest).name)
+    out.path.mkdir(parents=True, exist_ok=True)
+    out.write_config(cfg)
+    out.save("best", {"config": to_dict(cfg), "model": {k: v.clone() for k, v in model.state_dict().items()},
+                      "seeds": [cfg.train.seed], "best_error": [ck["best_error"][seed]],
+                      "best_step": [ck["best_step"][seed]], "source": run.name})
+    return out

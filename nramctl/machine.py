@@ -112,12 +112,13 @@ def step(model, state, clip_c=None, renorm=True, trace=False):
     regs_w = torch.softmax(clip(ch.regs, clip_c), -1)
     R = model.R
     values = list(regs.unbind(1))
+    per_gate = args_w.unbind(1)                                       # Q x [N, 2, K]
     inputs = [] if trace else None
     for i, g in enumerate(model.gates):
         A = B = None
         if g.arity:
-            AB = torch.bmm(args_w[:, i, :g.arity, :R + i], torch.stack(values, 1))
-            A, B = AB[:, 0], AB[:, -1]
+            AB = torch.bmm(per_gate[i][:, :g.arity, :R + i], torch.stack(values, 1)).unbind(1)
+            A, B = AB[0], AB[-1]
         if g.memory == "read":
             out = torch.bmm(A[:, None, :], mem)[:, 0]
         elif g.memory == "write":

@@ -16,6 +16,8 @@ def _expr(model, choice, k, names):
     if g.arity == 0:
         return str(g.int_fn(0, 0, 10 ** 9))
     ins = [_expr(model, choice, i, names) for i in choice.args[q][:g.arity]]
+    if g.name in ("MIN", "MAX") and ins[0] == ins[1]:
+        return ins[0]                                   # MIN(x, x) = x
     return f"{names[k].split('#')[0]}({', '.join(ins)})"
 
 

@@ -228,10 +228,15 @@ def bench_discrete_table(out):
     console.print(f"slowest / fastest: {out['slowest_over_fastest']:.2f}x")
 
 
-def _gen(r):
-    if r["generalization_max_error"] == 0:
+def _span(r, key, perfect_key):
+    if r[key] == 0:
         return f"perfect to {r['rows'][-1]['difficulty']}"
-    return f"0 to {r['generalization_perfect_up_to']}, max {pct(r['generalization_max_error'])}"
+    return f"0 to {r[perfect_key]}, worst {pct(r[key])}"
+
+
+def _gen(r):
+    return (f"fuzzy {_span(r, 'generalization_max_error', 'generalization_perfect_up_to')}; "
+            f"discrete {_span(r, 'discrete_max_error', 'discrete_perfect_up_to')}")
 
 
 def reproduce_row(r):
@@ -241,14 +246,13 @@ def reproduce_row(r):
 
 
 def reproduce_table(results):
-    t = Table(title="Table 1: paper vs nramctl (generalization at M for difficulty 50, T scaled)")
-    for c in ("task", "train err (paper)", "train err (ours)", "generalization (paper)",
-              "generalization (ours)", "discretization (paper)", "discrete = fuzzy (ours)",
-              "seeds at 0", "steps", "train s"):
+    t = Table(title="Table 1, paper | nramctl (test at the M difficulty 50 needs, T scaled)")
+    for c in ("task", "train error", "generalization", "discretization", "seeds at 0", "steps", "train s"):
         t.add_column(c, justify="right")
     for r in results:
         p = r["paper"]
-        t.add_row(r["task"], p["train"], pct(r["train_error"]), p["generalization"], _gen(r),
-                  p["discretization"], pct(r["discrete_agrees"]), f"{r['seeds_solved']}/{r['seeds_tried']}",
-                  str(r["steps"]), f"{r['train_seconds']:.0f}")
+        disc = "perfect" if r["discrete_agrees"] == 1 else f"= fuzzy on {pct(r['discrete_agrees'])}"
+        t.add_row(r["task"], f"{p['train']} | {pct(r['train_error'])}",
+                  f"{p['generalization']} | {_gen(r)}", f"{p['discretization']} | {disc}",
+                  f"{r['seeds_solved']}/{r['seeds_tried']}", str(r["steps"]), f"{r['train_seconds']:.0f}")
     console.print(t)

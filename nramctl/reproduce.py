@@ -55,6 +55,7 @@ def reproduce_task(store, cfg, budget_s, per_difficulty=20, up_to=50, on_log=Non
         "generalization_max_error": max(r["error"] for r in rows),
         "generalization_perfect_up_to": _perfect_up_to(rows, "error"),
         "discrete_max_error": max(r["discrete_error"] for r in rows),
+        "discrete_perfect_up_to": _perfect_up_to(rows, "discrete_error"),
         "discrete_agrees": min(r["discrete_agrees"] for r in rows),
         "rows": rows, "paper": dict(zip(("train", "generalization", "discretization"), PAPER[cfg.task])),
         "seconds": time.perf_counter() - t0,

@@ -30,6 +30,18 @@ class RunError(ValueError):
     """A missing, corrupt or foreign run or checkpoint, or a run name that is not allowed."""
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp, path):
+    """Give the finished temporary file ordinary permissions, then rename it into place."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
 def atomic_write(path, data, mode="w"):
     """Write `data` (str or bytes) to a temporary file beside `path`, then rename it into place."""
     path = Path(path)
@@ -39,7 +51,7 @@ def atomic_write(path, data, mode="w"):
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -51,7 +63,7 @@ def atomic_save(obj, path):
     os.close(fd)
     try:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

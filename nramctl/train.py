@@ -125,7 +125,9 @@ class Trainer:
         return res["error"]
 
     def done(self):
-        return all(s is not None for s in self.solved_step) or self.step >= self.cfg.train.steps
+        solved = [s is not None for s in self.solved_step]
+        enough = any(solved) if self.cfg.train.until == "first" else all(solved)
+        return enough or self.step >= self.cfg.train.steps
 
     # ---- the loop ------------------------------------------------------------------------
     def _reset_log(self):
@@ -156,7 +158,7 @@ class Trainer:
                     on_log(records)
             if on_checkpoint and (self.step % tr.checkpoint_every == 0) and not self.done():
                 on_checkpoint(self)
-        return "solved" if all(s is not None for s in self.solved_step) else "budget"
+        return "solved" if any(s is not None for s in self.solved_step) else "budget"
 
     def _records(self, evaluated):
         a, tr = self._acc, self.cfg.train
