@@ -63,6 +63,7 @@ class TrainConfig:
     until: str = "first"                         # with several seeds: stop when the first or all solve
     target_error: float = 0.0                    # stop once fresh examples score at or below this
     solve_discrete: bool = True                  # ... in the discretized machine too
+    polish_steps: int = 0                        # steps trained on after the target (sharper, longer-lived)
     eval_every: int = 100                        # steps between checks on fresh examples
     eval_examples: int = 500
     log_every: int = 10
@@ -154,6 +155,7 @@ def validate(cfg):
     for key in ("steps", "batch", "seeds", "eval_every", "eval_examples", "log_every", "checkpoint_every"):
         need(getattr(tr, key) >= 1, f"train.{key}", getattr(tr, key), "must be at least 1")
     need(tr.lr > 0, "train.lr", tr.lr, "must be positive")
+    need(tr.polish_steps >= 0, "train.polish_steps", tr.polish_steps, "must be >= 0")
     need(tr.until in ("first", "all"), "train.until", tr.until, "must be first or all")
     need(0 <= tr.target_error <= 1, "train.target_error", tr.target_error, "must be in [0, 1]")
     c = tr.curriculum

@@ -35,9 +35,14 @@ def reproduce_task(store, cfg, budget_s, per_difficulty=20, up_to=50, on_log=Non
         if on_log:
             on_log(records)
 
-    result = trainer.run(on_log=log, on_checkpoint=lambda tr: save_progress(run, tr, "running"),
-                         should_stop=lambda: solved() or over())
-    result = "solved" if solved() else ("budget" if result != "solved" else result)
+    checkpoint = lambda tr: save_progress(run, tr, "running")
+    result = trainer.run(on_log=log, on_checkpoint=checkpoint, should_stop=lambda: solved() or over())
+    if solved() and cfg.train.polish_steps:
+        # keep the first seed that reached 0 and polish it alone: sharper distributions carry the
+        # fuzzy machine further beyond the training lengths
+        trainer.keep_only(next(s for s, v in enumerate(trainer.solved_step) if v is not None))
+        trainer.run(on_log=log, on_checkpoint=checkpoint, should_stop=over)
+    result = "solved" if solved() else "budget"
     save_progress(run, trainer, result)
     train_s = time.perf_counter() - t0
     _, model, idx = load_model(run)

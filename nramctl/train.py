@@ -94,9 +94,14 @@ class Trainer:
                 for p in params:
                     p.grad[s].add_(torch.randn(p.shape[1:], generator=g) * sigma)
 
+    def finished(self, s):
+        """Seed s reached the target and has trained its polish steps since."""
+        solved = self.solved_step[s]
+        return solved is not None and self.step >= solved + self.cfg.train.polish_steps
+
     def _hold_solved(self):
-        """Seeds that reached the target keep their solution while the others train on."""
-        done = torch.tensor([s is not None for s in self.solved_step])
+        """Finished seeds keep their solution while the others train on."""
+        done = torch.tensor([self.finished(s) for s in range(self.S)])
         if done.any():
             with torch.no_grad():
                 for k, p in self.model.named_parameters():
@@ -105,7 +110,9 @@ class Trainer:
     # ---- checks on fresh examples ----------------------------------------------------------
     def check(self):
         """Evaluate every seed on fresh examples over the whole training range; keep each seed's best.
-        With solve_discrete, a seed's error is the worse of its fuzzy and discretized errors."""
+        With solve_discrete, a seed's error is the worse of its fuzzy and discretized errors. A seed
+        that is polishing (training on after reaching the target, which sharpens its distributions)
+        replaces its kept solution only with one that still meets the target."""
         cfg, tr = self.cfg, self.cfg.train
         rng = np.random.default_rng([tr.seed, self.step, 1])
         d = rng.integers(self.task.min_difficulty, cfg.difficulty + 1, size=tr.eval_examples)
@@ -114,20 +121,45 @@ class Trainer:
             disc = evaluate(self.model, cfg, cfg.M, d, rng, discrete=True)
             res = {"error": np.maximum(res["error"], disc["error"])}
         for s in range(self.S):
+            if self.finished(s):
+                continue
             e = float(res["error"][s])
-            if self.solved_step[s] is None and e < self.best_error[s]:
+            polishing = self.solved_step[s] is not None
+            if (e < self.best_error[s]) if not polishing else (e <= tr.target_error):
                 self.best_error[s], self.best_step[s] = e, self.step
                 with torch.no_grad():
                     for k, p in self.model.named_parameters():
                         self.best_params[k][s] = p[s]
-            if self.solved_step[s] is None and e <= tr.target_error:
+            if not polishing and e <= tr.target_error:
                 self.solved_step[s] = self.step
         return res["error"]
 
     def done(self):
-        solved = [s is not None for s in self.solved_step]
-        enough = any(solved) if self.cfg.train.until == "first" else all(solved)
+        finished = [self.finished(s) for s in range(self.S)]
+        enough = any(finished) if self.cfg.train.until == "first" else all(finished)
         return enough or self.step >= self.cfg.train.steps
+
+    def keep_only(self, s):
+        """Drop every seed but s (its weights, optimizer moments, data and noise streams, curriculum
+        and records carry on unchanged): the rest of the run, e.g. polishing, costs one seed."""
+        pick = lambda x: x[s:s + 1]
+        state = self.opt.state_dict()
+        for st in state["state"].values():
+            for k, v in st.items():
+                if torch.is_tensor(v) and v.dim() > 0:
+                    st[k] = pick(v)
+        params = {k: pick(v.detach()) for k, v in self.model.state_dict().items()}
+        self.seeds = [self.seeds[s]]
+        self.S = 1
+        self.cfg.train.seeds, self.cfg.train.seed = 1, self.seeds[0]
+        self.model = build_model(self.cfg)
+        self.model.load_state_dict(params)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)
+        self.opt.load_state_dict(state)
+        for name in ("curricula", "data_rngs", "noise_gens", "best_error", "best_step", "solved_step"):
+            setattr(self, name, pick(getattr(self, name)))
+        self.best_params = {k: pick(v).clone() for k, v in self.best_params.items()}
+        self._acc = {k: (pick(v) if isinstance(v, np.ndarray) else v) for k, v in self._acc.items()}
 
     # ---- the loop ------------------------------------------------------------------------
     def _reset_log(self):

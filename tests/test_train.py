@@ -109,3 +109,28 @@ def test_learning_access_from_scratch_to_zero_error():
     d = np.arange(1, 9).repeat(125)
     res = evaluate(model, cfg, 10, d, np.random.default_rng(99))
     assert res["error"][0] == 0.0
+
+
+def test_one_seed_of_a_batched_run_trains_like_a_run_of_its_own():
+    """Seeds share only arithmetic: seed 2 of a 3-seed run, narrowed to itself after 10 steps,
+    continues with exactly the losses of a single-seed run with seed 2."""
+    common = [*SMALL, "M=9", "difficulty=3", "train.batch=8", "train.steps=30"]
+    a = Trainer(task_config("copy", overrides=[*common, "train.seeds=3"]))
+    b = Trainer(task_config("copy", overrides=[*common, "train.seed=2"]))
+    for _ in range(10):
+        a.train_step()
+        b.train_step()
+    a.keep_only(2)
+    for _ in range(5):
+        assert torch.allclose(a.train_step()[0], b.train_step()[0], rtol=1e-5)
+    assert a.cfg.train.seeds == 1 and a.seeds == [2]
+
+
+def test_polishing_keeps_training_after_the_target_and_keeps_a_solution():
+    cfg = task_config("access", overrides=[
+        "model.gates=[READ,ZERO,INC,LT,MIN,WRITE]", "train.steps=3000", "train.eval_every=20",
+        "train.curriculum.min_batches=10", "train.curriculum.window=5", "train.polish_steps=60"])
+    tr = Trainer(cfg)
+    assert tr.run() == "solved"
+    assert tr.step == tr.solved_step[0] + 60 and tr.best_error[0] == 0.0
+    assert tr.best_step[0] > tr.solved_step[0]          # a polished snapshot that still scores 0
