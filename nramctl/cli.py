@@ -243,7 +243,8 @@ def reproduce(
     up_to: Annotated[int, typer.Option(help="Largest test difficulty.")] = 50,
     config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
     set_: Annotated[List[str], typer.Option("--set", help="Override a field: key=value.")] = [],
-    publish: Annotated[bool, typer.Option(help="Ship each perfect model as nramctl/pretrained/TASK.")] = False,
+    publish: Annotated[bool, typer.Option(help="Ship each solved model whose discretized form is exact up "
+                                               "to --up-to as nramctl/pretrained/TASK.")] = False,
     runs_dir: RunsDir = Path("runs"),
     json: Json = False,
 ):
@@ -258,10 +259,10 @@ def reproduce(
         results.append(r)
         run, _ = store.resolve(r["run"])
         run.write_json("reproduce.json", r)
-        if publish and r["generalization_max_error"] == 0 and r["discrete_max_error"] == 0:
+        if publish and r["result"] == "solved" and r["discrete_max_error"] == 0:
             from .experiment import publish as publish_model
             from .runs import PRETRAINED
-            r["published"] = str(publish_model(run, r["seed"], PRETRAINED / r["task"]).path)
+            r["published"] = str(publish_model(run, r["seed_index"], PRETRAINED / r["task"]).path)
         if not json:
             render.reproduce_row(r)
     render.emit_json(results) if json else render.reproduce_table(results)

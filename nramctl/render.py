@@ -241,7 +241,7 @@ def _gen(r):
 
 def reproduce_row(r):
     console.print(f"{r['task']}: {r['result']} ({r['seeds_solved']}/{r['seeds_tried']} seeds) after "
-                  f"{r['steps']} steps, {r['train_seconds']:.0f} s; kept {r['run']}/seed-{r['seed']}; "
+                  f"{r['steps']} steps, {r['train_seconds']:.0f} s; kept seed {r['seed']} ({r['run']}); "
                   f"generalization {_gen(r)}; discrete = fuzzy on {pct(r['discrete_agrees'])}")
 
 

@@ -36,7 +36,9 @@ def reproduce_task(store, cfg, budget_s, per_difficulty=20, up_to=50, on_log=Non
             on_log(records)
 
     checkpoint = lambda tr: save_progress(run, tr, "running")
-    result = trainer.run(on_log=log, on_checkpoint=checkpoint, should_stop=lambda: solved() or over())
+    tried = trainer.S
+    trainer.run(on_log=log, on_checkpoint=checkpoint, should_stop=lambda: solved() or over())
+    n_solved = sum(s is not None for s in trainer.solved_step)
     if solved() and cfg.train.polish_steps:
         # keep the first seed that reached 0 and polish it alone: sharper distributions carry the
         # fuzzy machine further beyond the training lengths
@@ -50,10 +52,9 @@ def reproduce_task(store, cfg, budget_s, per_difficulty=20, up_to=50, on_log=Non
     M = tk.min_M(up_to)
     rows = generalization(model, cfg, M, per_difficulty, np.random.default_rng(seed),
                           range(tk.min_difficulty, min(up_to, tk.max_difficulty(M)) + 1))
-    n_solved = sum(s is not None for s in trainer.solved_step)
     return {
-        "task": cfg.task, "run": run.name, "seed": idx, "M_train": cfg.M, "difficulty": cfg.difficulty,
-        "result": result, "seeds_tried": trainer.S, "seeds_solved": n_solved,
+        "task": cfg.task, "run": run.name, "seed": trainer.seeds[idx], "seed_index": idx, "M_train": cfg.M, "difficulty": cfg.difficulty,
+        "result": result, "seeds_tried": tried, "seeds_solved": n_solved,
         "train_error": trainer.best_error[idx], "steps": trainer.step,
         "solved_step": trainer.solved_step[idx], "train_seconds": train_s,
         "M_generalize": M, "per_difficulty": per_difficulty,
