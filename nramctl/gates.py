@@ -67,8 +67,8 @@ def _add(A, B):   # P(a+b = c) = sum_a A[a] B[c-a]; row a of the circulant is wi
     return torch.bmm(A[:, None, :], _windows(B)[:, 1:].flip(1))[:, 0]
 
 
-def _sub(A, B):   # P(a-b = c) = sum_b B[b] A[c+b]; row b is window b
-    return torch.bmm(B[:, None, :], _windows(A)[:, :-1])[:, 0]
+def _sub(A, B):   # P(a-b = c) = sum_b B[b] A[c+b]; row b is window b (copied: bmm is slow on views)
+    return torch.bmm(B[:, None, :], _windows(A)[:, :-1].contiguous())[:, 0]
 
 
 def _lt(A, B):    # P(a < b) = sum_{a,b} A[a] [a < b] B[b]
