@@ -4,11 +4,10 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import numpy as np
 import typer
-from typing_extensions import Annotated
 
 from . import render
 from .config import ConfigError, task_config, validate
