@@ -89,9 +89,20 @@ def clip(x, c):
     return ClipGrad.apply(x, c) if c and x.requires_grad else x
 
 
+class Renormalize(torch.autograd.Function):
+    """Rescale distributions to sum to 1 over the last axis; the backward pass is the identity."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x / x.sum(-1, keepdim=True)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
 def renormalize(x):
-    """Rescale a distribution to sum to 1 over its last axis; the backward pass is the identity."""
-    return x + (x / x.sum(-1, keepdim=True) - x).detach()
+    return Renormalize.apply(x)
 
 
 class StepOut(NamedTuple):
