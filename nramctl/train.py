@@ -121,8 +121,8 @@ class Trainer:
             disc = evaluate(self.model, cfg, cfg.M, d, rng, discrete=True)
             res = {"error": np.maximum(res["error"], disc["error"])}
         for s in range(self.S):
-            if self.finished(s):
-                continue
+            if self.solved_step[s] is not None and self.step > self.solved_step[s] + tr.polish_steps:
+                continue                                      # finished before this check
             e = float(res["error"][s])
             polishing = self.solved_step[s] is not None
             if (e < self.best_error[s]) if not polishing else (e <= tr.target_error):
