@@ -36,46 +36,46 @@ def eval_batch(cfg, M, difficulties, rng, S):
     return concat([b] * S)
 
 
-def evaluate(model, cfg, M, difficulties, rng, discrete=False, chunk=500):
-    """Error of every seed on fresh examples with the given difficulties (an array).
-    Returns dict of [S] arrays: error, example_error; plus discrete_agrees when fuzzy and discrete
-    both run (see `compare`)."""
+def _tally(model, cfg, M, difficulties, rng, modes, chunk=250):
+    """Run each mode ("fuzzy", "discrete") on the same fresh examples; per seed [S] counts of wrong
+    cells and wrong examples per mode, scored cells, and examples on which the modes agree."""
     S = model.S
-    wrong = scored = ex = 0
+    wrong = {m: 0 for m in modes}
+    bad = {m: 0 for m in modes}
+    scored = agree = 0
     for lo in range(0, len(difficulties), chunk):
         part = difficulties[lo:lo + chunk]
         b = eval_batch(cfg, M, part, rng, S)
-        pred = predict(model, b, discrete)
-        w = ((pred != b.target) & b.mask).view(S, len(part), M)
-        wrong = wrong + w.sum((1, 2)).numpy()
-        scored = scored + b.mask.view(S, len(part), M).sum((1, 2)).numpy()
-        ex = ex + w.any(2).sum(1).numpy()
-    return {"error": wrong / np.maximum(scored, 1), "example_error": ex / len(difficulties)}
+        shape = (S, len(part), M)
+        preds = {m: predict(model, b, discrete=m == "discrete") for m in modes}
+        for m, pred in preds.items():
+            w = ((pred != b.target) & b.mask).view(shape)
+            wrong[m] = wrong[m] + w.sum((1, 2)).numpy()
+            bad[m] = bad[m] + w.any(2).sum(1).numpy()
+        scored = scored + b.mask.view(shape).sum((1, 2)).numpy()
+        if len(preds) == 2:
+            differ = ((preds["fuzzy"] != preds["discrete"]) & b.mask).view(shape).any(2)
+            agree = agree + (~differ).sum(1).numpy()
+    return wrong, bad, np.maximum(scored, 1), agree
 
 
-def compare(model, cfg, M, difficulties, rng, chunk=250):
+def evaluate(model, cfg, M, difficulties, rng, discrete=False):
+    """Error of every seed on fresh examples with the given difficulties (an array): dict of [S]
+    arrays error and example_error."""
+    mode = "discrete" if discrete else "fuzzy"
+    wrong, bad, scored, _ = _tally(model, cfg, M, difficulties, rng, [mode])
+    return {"error": wrong[mode] / scored, "example_error": bad[mode] / len(difficulties)}
+
+
+def compare(model, cfg, M, difficulties, rng):
     """Fuzzy and discretized runs on the same examples. Returns dict of [S] arrays: error,
     discrete_error, example_error, discrete_example_error, discrete_agrees (share of examples whose
     discretized scored output equals the fuzzy one)."""
-    S = model.S
-    acc = {k: 0 for k in ("wrong", "dwrong", "scored", "ex", "dex", "agree")}
-    for lo in range(0, len(difficulties), chunk):
-        part = difficulties[lo:lo + chunk]
-        b = eval_batch(cfg, M, part, rng, S)
-        fz, dz = predict(model, b), predict(model, b, discrete=True)
-        shape = (S, len(part), M)
-        w, dw = ((fz != b.target) & b.mask).view(shape), ((dz != b.target) & b.mask).view(shape)
-        same = ~(((fz != dz) & b.mask).view(shape).any(2))
-        acc["wrong"] += w.sum((1, 2)).numpy()
-        acc["dwrong"] += dw.sum((1, 2)).numpy()
-        acc["scored"] += b.mask.view(shape).sum((1, 2)).numpy()
-        acc["ex"] += w.any(2).sum(1).numpy()
-        acc["dex"] += dw.any(2).sum(1).numpy()
-        acc["agree"] += same.sum(1).numpy()
-    n, scored = len(difficulties), np.maximum(acc["scored"], 1)
-    return {"error": acc["wrong"] / scored, "discrete_error": acc["dwrong"] / scored,
-            "example_error": acc["ex"] / n, "discrete_example_error": acc["dex"] / n,
-            "discrete_agrees": acc["agree"] / n}
+    wrong, bad, scored, agree = _tally(model, cfg, M, difficulties, rng, ["fuzzy", "discrete"])
+    n = len(difficulties)
+    return {"error": wrong["fuzzy"] / scored, "discrete_error": wrong["discrete"] / scored,
+            "example_error": bad["fuzzy"] / n, "discrete_example_error": bad["discrete"] / n,
+            "discrete_agrees": agree / n}
 
 
 def generalization(model, cfg, M, per_difficulty, rng, difficulties):

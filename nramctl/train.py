@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .data import Curriculum, concat, make_batch, rng_from_state, rng_state
-from .evaluate import evaluate, score
+from .evaluate import compare, evaluate, score
 from .machine import NRAM, fuzzy_run
 from .tasks import task
 
@@ -116,10 +116,11 @@ class Trainer:
         cfg, tr = self.cfg, self.cfg.train
         rng = np.random.default_rng([tr.seed, self.step, 1])
         d = rng.integers(self.task.min_difficulty, cfg.difficulty + 1, size=tr.eval_examples)
-        res = evaluate(self.model, cfg, cfg.M, d, rng)
         if tr.solve_discrete:       # a solution must also hold once every softmax is an argmax
-            disc = evaluate(self.model, cfg, cfg.M, d, rng, discrete=True)
-            res = {"error": np.maximum(res["error"], disc["error"])}
+            res = compare(self.model, cfg, cfg.M, d, rng)
+            res = {"error": np.maximum(res["error"], res["discrete_error"])}
+        else:
+            res = evaluate(self.model, cfg, cfg.M, d, rng)
         for s in range(self.S):
             if self.solved_step[s] is not None and self.step > self.solved_step[s] + tr.polish_steps:
                 continue                                      # finished before this check
