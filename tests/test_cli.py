@@ -96,7 +96,8 @@ def test_interrupt_and_resume_match_an_uninterrupted_run(cli):
     """Ctrl-C (SIGINT) leaves a resumable checkpoint; the resumed run ends like an uninterrupted one."""
     args = ["copy", "--M", 9, "--difficulty", 3, "--steps", 60, *FAST, "--set", "train.log_every=2"]
     assert cli("train", *args, "--name", "whole").exit_code == 0
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # same thread count as this process (conftest): float sums are identical only then
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     cmd = [sys.executable, "-c", "from nramctl.cli import main; main()", "train", *map(str, args),
            "--name", "cut", "--runs-dir", str(cli.root), "--json"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
