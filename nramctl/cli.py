@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from . import render
-from .config import ConfigError, task_config, validate
+from .config import ConfigError, task_config
 from .experiment import load_model, new_run, resume, seed_results, train as train_run
 from .gates import GateError
 from .runs import RunError, RunStore
@@ -102,7 +102,7 @@ def train(
         flags = {"M": M, "difficulty": difficulty, "train.steps": steps, "train.seed": seed, "train.seeds": seeds}
         overrides = list(set_) + [f"{k}={v}" for k, v in flags.items() if v is not None]
         cfg = task_config(task_name, config, overrides)
-        run, trainer = new_run(store, validate(cfg), name)
+        run, trainer = new_run(store, cfg, name)
 
     stop = {"flag": False}
 
