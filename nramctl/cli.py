@@ -328,6 +328,8 @@ def bench(
         Ms = [int(m) for m in M.split(",")]
     except ValueError:
         raise ConfigError(f"--M: expected integers, got {M!r}") from None
+    if min(Ms) < 3 or min(batch, T, R, hidden, seeds, steps) < 1:
+        raise ConfigError("--M must be >= 3 and every other size >= 1")
     if discrete:
         from .bench import bench_discrete
         rows = [bench_discrete(m, steps=max(steps, 1000)) for m in Ms]
@@ -337,8 +339,6 @@ def bench(
         return
     rows = []
     for m in Ms:
-        if m < 3 or min(batch, T, R, hidden, seeds, steps) < 1:
-            raise ConfigError("--M must be >= 3 and every other size >= 1")
         r = bench_train(batch, m, T, R, hidden, controller, seeds, steps)
         if baseline:
             base = run_baseline(baseline, batch, m, T, R, hidden, threads)
