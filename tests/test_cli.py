@@ -200,6 +200,8 @@ def test_program_export_discrete_generalize_and_multi_seed(cli, tmp_path):
 def test_export_refuses_an_lstm(cli, tmp_path):
     trained(cli, "--set", "model.controller=lstm")
     one_line_error(cli("export", "run-1", "--python", tmp_path / "x.py"), "lstm")
+    prog = json.loads(cli("inspect", "run-1", "--program", "--json").output)
+    assert prog["controller"] == "lstm network" and prog["circuits"][0]["first_step"] == 1
 
 
 def test_bench_prints_figures():
