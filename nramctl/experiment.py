@@ -95,8 +95,10 @@ def publish(run, seed, dest):
     from pathlib import Path
 
     from .runs import Run
+    from .config import task_config
     cfg, model, seed = load_model(run, seed)
     cfg.train.seeds, cfg.train.seed = 1, cfg.train.seed + seed
+    cfg.train.steps = task_config(cfg.task).train.steps    # not a reproduce run's time-bounded budget
     ck = run.load("best")
     out = Run(Path(dest), Path(dest).name)
     out.path.mkdir(parents=True, exist_ok=True)
