@@ -13,13 +13,10 @@ from .machine import fuzzy_run
 
 
 def score(pred, batch, S):
-    """pred [N, M] with N = S * E -> (error [S], example_error [S], wrong [N] bool)."""
-    wrong_cells = (pred != batch.target) & batch.mask
-    wrong = wrong_cells.view(S, -1, pred.shape[1])
-    scored = batch.mask.view(S, -1, pred.shape[1]).sum((1, 2)).clamp_min(1)
-    err = wrong.sum((1, 2)).double() / scored
-    ex = wrong.any(2).double().mean(1)
-    return err, ex, wrong_cells.any(1)
+    """pred [N, M] with N = S * E -> error of each seed [S]: wrong scored cells / scored cells."""
+    M = pred.shape[1]
+    wrong = ((pred != batch.target) & batch.mask).view(S, -1, M).sum((1, 2))
+    return wrong.double() / batch.mask.view(S, -1, M).sum((1, 2)).clamp_min(1)
 
 
 def predict(model, batch, discrete=False):

@@ -67,7 +67,7 @@ class Trainer:
         self.opt.step()
         self._hold_solved()
         self.step += 1
-        err, ex, _ = score(out.pred, b, self.S)
+        err = score(out.pred, b, self.S)
         self._advance(out.pred, b)
         return per_seed.detach(), err
 
