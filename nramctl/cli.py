@@ -39,19 +39,24 @@ MemOpt = Annotated[Optional[int], typer.Option("--M", help="Memory size (default
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the fresh examples.")]
 
 
+def exits(fn):
+    """Library errors become a red one-line message and exit code 2; Abort its own code."""
+    @functools.wraps(fn)
+    def run(*a, **k):
+        try:
+            return fn(*a, **k)
+        except USAGE_ERRORS as e:
+            render.error(str(e))
+            raise typer.Exit(2)
+        except Abort as e:
+            raise typer.Exit(e.code)
+    return run
+
+
 def command(*args, **kwargs):
-    """Register a command whose library errors become a red one-line message and exit code 2."""
+    """Register a command (on `group`, default the app) wrapped by `exits`."""
     def wrap(fn):
-        @functools.wraps(fn)
-        def run(*a, **k):
-            try:
-                return fn(*a, **k)
-            except USAGE_ERRORS as e:
-                render.error(str(e))
-                raise typer.Exit(2)
-            except Abort as e:
-                raise typer.Exit(e.code)
-        return (kwargs.pop("group", app)).command(*args, **kwargs)(run)
+        return (kwargs.pop("group", app)).command(*args, **kwargs)(exits(fn))
     return wrap
 
 
@@ -352,20 +357,12 @@ def bench(
 
 
 @tasks_app.callback()
+@exits
 def tasks(ctx: typer.Context, config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
           json: Json = False):
     """List the tasks with their default settings."""
     if ctx.invoked_subcommand:
         return
-    try:
-        rows = _task_rows(config)
-    except USAGE_ERRORS as e:
-        render.error(str(e))
-        raise typer.Exit(2)
-    render.emit_json(rows) if json else render.tasks_table(rows)
-
-
-def _task_rows(config):
     rows = []
     for name in TASKS:
         cfg = task_config(name, config)
@@ -373,7 +370,7 @@ def _task_rows(config):
                      "R": cfg.model.R, "controller": cfg.model.controller,
                      "gates": len(cfg.model.gates) * cfg.model.repeat,
                      "min_difficulty": task(name).min_difficulty})
-    return rows
+    render.emit_json(rows) if json else render.tasks_table(rows)
 
 
 @command("sample", group=tasks_app)

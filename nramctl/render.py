@@ -30,7 +30,6 @@ class TrainProgress:
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, disable=not enabled)
         self.task = self.progress.add_task(run_name, total=total, completed=start, info="")
-        self.total = total
 
     def __enter__(self):
         self.progress.__enter__()
