@@ -13,6 +13,7 @@ from . import render
 from .config import ConfigError, task_config
 from .experiment import load_model, new_run, resume, seed_results, train as train_run
 from .gates import GateError
+from .runtime import keep_freed_memory
 from .runs import RunError, RunStore
 from .tasks import TASKS, TaskError, task
 
@@ -394,4 +395,5 @@ def tasks_sample(
 
 
 def main():
+    keep_freed_memory()
     app()

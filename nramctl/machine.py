@@ -17,8 +17,9 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
+from . import circuit
 from .controller import build_controller
-from .gates import circuit
+from .gates import circuit as gate_sequence
 
 
 class State(NamedTuple):
@@ -40,7 +41,7 @@ class NRAM(nn.Module):
 
     def __init__(self, R, gates, repeat=1, controller="mlp", hidden=64, seed_values=(0,)):
         super().__init__()
-        self.R, self.gates = R, circuit(gates, repeat)
+        self.R, self.gates = R, gate_sequence(gates, repeat)
         self.gate_names, self.repeat = list(gates), repeat
         self.Q, self.K, self.S = len(self.gates), R + len(self.gates), len(seed_values)
         self.kind, self.hidden = controller, hidden
@@ -89,22 +90,6 @@ def clip(x, c):
     return ClipGrad.apply(x, c) if c and x.requires_grad else x
 
 
-class Renormalize(torch.autograd.Function):
-    """Rescale distributions to sum to 1 over the last axis; the backward pass is the identity."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x / x.sum(-1, keepdim=True)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g
-
-
-def renormalize(x):
-    return Renormalize.apply(x)
-
-
 class StepOut(NamedTuple):
     stop: torch.Tensor            # [N] f_t
     weights: list                 # softmax weights (args [N, Q, 2, K], regs [N, R, K]) for the entropy
@@ -115,37 +100,22 @@ class StepOut(NamedTuple):
 def step(model, state, clip_c=None, renorm=True, trace=False):
     """One fuzzy timestep: State -> (State, StepOut).
 
-    The activation clip and the renormalization act on what a step hands on (controller logits,
-    registers, memory); gate outputs live only inside the step and are combined into those."""
-    regs, mem = state.registers, state.memory
-    ch, ctl = model.choose(regs[:, :, 0], state.ctl)
-    args_w = torch.softmax(clip(ch.args, clip_c), -1)
-    regs_w = torch.softmax(clip(ch.regs, clip_c), -1)
-    R = model.R
-    values = list(regs.unbind(1))
-    per_gate = args_w.unbind(1)                                       # Q x [N, 2, K]
-    inputs = [] if trace else None
-    for i, g in enumerate(model.gates):
-        A = B = None
-        if g.arity:
-            AB = torch.bmm(per_gate[i][:, :g.arity, :R + i], torch.stack(values, 1)).unbind(1)
-            A, B = AB[0], AB[-1]
-        if g.memory == "read":
-            out = torch.bmm(A[:, None, :], mem)[:, 0]
-        elif g.memory == "write":
-            mem = mem + A[:, :, None] * (B[:, None, :] - mem)
-            out = B
-        else:
-            out = g.fuzzy(A if A is not None else values[0], B)
-        values.append(out)
-        if trace:
-            inputs.append((A, B))
-    new_regs = torch.bmm(regs_w, torch.stack(values, 1))
-    if renorm:
-        new_regs, mem = renormalize(new_regs), renormalize(mem)
-    new = State(clip(new_regs, clip_c), clip(mem, clip_c), ctl, state.t + 1)
+    The circuit (gate inputs, gates, registers, memory) is one fused autograd node (`circuit.py`);
+    the activation clip and the renormalization act on what a step hands on: controller logits,
+    registers and memory."""
+    ch, ctl = model.choose(state.registers[:, :, 0], state.ctl)
+    outputs = inputs = None
+    if trace:
+        with torch.no_grad():
+            out = circuit.forward(model.gates, ch.args, ch.regs, state.registers, state.memory, renorm)
+        regs, mem, args_w, regs_w = out[:4]
+        outputs = list(out.values[:, model.R:].unbind(1))
+        inputs = [(None, None) if ab is None else (ab[:, 0], ab[:, -1]) for ab in out.inputs]
+    else:
+        regs, mem, args_w, regs_w = circuit.circuit(model.gates, ch.args, ch.regs, state.registers,
+                                                    state.memory, clip_c, renorm)
     f = torch.sigmoid(clip(ch.stop, clip_c))
-    return new, StepOut(f, [args_w, regs_w], values[R:] if trace else None, inputs)
+    return State(regs, mem, ctl, state.t + 1), StepOut(f, [args_w, regs_w], outputs, inputs)
 
 
 def halting(stops, T):
@@ -174,7 +144,7 @@ class Batch(NamedTuple):
 
 class RunOut(NamedTuple):
     loss: torch.Tensor            # [N] halting-weighted negative log-likelihood of the scored cells
-    entropy: torch.Tensor         # [N] summed entropy of every controller softmax over live steps
+    entropy: Optional[torch.Tensor]  # [N] summed entropy of every controller softmax over live steps
     pred: torch.Tensor            # [N, M] argmax of each cell at the halting step
     halt: torch.Tensor            # [N] halting step (0-based): first f_t > 0.5, else T_n - 1
     trace: Optional[list]         # per step (State before, StepOut, State after) when traced
@@ -184,30 +154,39 @@ def entropy(w, eps):
     return -(w * torch.log(w.clamp_min(eps))).sum(-1)
 
 
-def fuzzy_run(model, batch, clip_c=None, renorm=True, eps=1e-6, trace=False):
+def fuzzy_run(model, batch, clip_c=None, renorm=True, eps=1e-6, trace=False, entropy_bonus=False):
     """Unroll the fuzzy machine for max(T) steps and score it (SPEC sections 1 and 3).
 
-    loss_n = - sum_t p_t sum_{i scored} log(max(memory^(t)[i, y_i], eps))"""
+    loss_n = - sum_t p_t sum_{i scored} log(max(memory^(t)[i, y_i], eps))
+    The controller's entropy is computed only with `entropy_bonus` (RunOut.entropy is None otherwise)."""
     state = model.initial_state(batch.memory)
     y, T = batch.target[:, :, None], batch.T
-    stops, probs, argmaxes, args_ws, regs_ws = [], [], [], [], []
+    stops, probs, memories, args_ws, regs_ws = [], [], [], [], []
     steps = [] if trace else None
     for t in range(int(T.max())):
         before = state
         state, out = step(model, state, clip_c, renorm, trace)
         stops.append(out.stop)
         probs.append(state.memory.gather(2, y).squeeze(2))          # P(cell i holds y_i), [N, M]
-        argmaxes.append(state.memory.detach().argmax(-1))
-        args_ws.append(out.weights[0])
-        regs_ws.append(out.weights[1])
+        memories.append(state.memory.detach())
+        if entropy_bonus:
+            args_ws.append(out.weights[0])
+            regs_ws.append(out.weights[1])
         if trace:
             steps.append((before, out, state))
     stops = torch.stack(stops)                                        # [T, N]
     ll = (torch.log(torch.stack(probs).clamp_min(eps)) * batch.mask).sum(-1)
     loss = -(halting(stops, T) * ll).sum(0)
-    alive = (torch.arange(len(stops))[:, None] < T).to(ll.dtype)      # [T, N]
-    used = (model.arity[:, None] > torch.arange(2)[None, :]).to(ll.dtype)
-    h = (entropy(torch.stack(args_ws), eps) * used).sum((2, 3)) + entropy(torch.stack(regs_ws), eps).sum(2)
+    h = None
+    if entropy_bonus:
+        alive = (torch.arange(len(stops))[:, None] < T).to(ll.dtype)  # [T, N]
+        used = (model.arity[:, None] > torch.arange(2)[None, :]).to(ll.dtype)
+        h = (entropy(torch.stack(args_ws), eps) * used).sum((2, 3)) + entropy(torch.stack(regs_ws), eps).sum(2)
+        h = (h * alive).sum(0)
     halt = halt_step(stops.detach(), T)
-    pred = torch.stack(argmaxes).gather(0, halt[None, :, None].expand(1, *batch.memory.shape))[0]
-    return RunOut(loss, (h * alive).sum(0), pred, halt, steps)
+    pred = torch.empty_like(batch.memory)
+    for t, mem in enumerate(memories):                                # argmax only where an example halts
+        rows = (halt == t).nonzero()[:, 0]
+        if len(rows):
+            pred[rows] = mem[rows].argmax(-1)
+    return RunOut(loss, h, pred, halt, steps)

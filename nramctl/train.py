@@ -55,7 +55,8 @@ class Trainer:
     def train_step(self):
         cfg, tr = self.cfg, self.cfg.train
         b = self.batch()
-        out = fuzzy_run(self.model, b, tr.clip_activation, tr.renormalize, tr.log_eps)
+        out = fuzzy_run(self.model, b, tr.clip_activation, tr.renormalize, tr.log_eps,
+                        entropy_bonus=tr.entropy.enabled)
         per_seed = out.loss.view(self.S, -1).mean(1)
         obj = per_seed.sum()
         if tr.entropy.enabled:

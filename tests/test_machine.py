@@ -7,7 +7,7 @@ from torch import nn
 from circuits import CIRCUITS, GATES
 from nramctl.data import make_batch
 from nramctl.discrete import discrete_run
-from nramctl.machine import NRAM, State, clip, fuzzy_run, halting, renormalize, step
+from nramctl.machine import NRAM, State, clip, fuzzy_run, halting, step
 from nramctl.program import wired
 from nramctl.tasks import task
 
@@ -76,12 +76,14 @@ def test_gradcheck_one_full_machine_step(kind):
     assert torch.autograd.gradcheck(f, (w, regs, mem))
 
 
-def test_renormalize_rescales_but_backward_is_identity():
-    x = torch.tensor([[0.2, 0.3, 0.1]], requires_grad=True)
-    y = renormalize(x)
-    assert torch.allclose(y.sum(), torch.tensor(1.0))
-    y.backward(torch.tensor([[1.0, 2.0, 3.0]]))
-    assert torch.equal(x.grad, torch.tensor([[1.0, 2.0, 3.0]]))
+def test_renormalized_step_hands_on_distributions():
+    """Registers and memory rows sum to 1 after a renormalized step, even from unnormalized ones."""
+    rng = np.random.default_rng(4)
+    model = NRAM(2, GATES, controller="mlp", hidden=4)
+    regs, mem = 1.3 * dists(rng, 3, 2, 6).float(), 0.7 * dists(rng, 3, 6, 6).float()
+    new, _ = step(model, State(regs, mem, (), 0), renorm=True)
+    assert torch.allclose(new.registers.sum(-1), torch.ones(3, 2))
+    assert torch.allclose(new.memory.sum(-1), torch.ones(3, 6))
 
 
 def test_activation_gradient_clip_clamps_each_coordinate():

@@ -18,7 +18,19 @@ def table(name, M):
     return t
 
 
-def reference_loss(model, batch, eps=1e-6):
+def clamp_grad(x, c):
+    """SPEC's activation clip, written as a gradient hook."""
+    if c and x.requires_grad:
+        x.register_hook(lambda g: g.clamp(-c, c))
+    return x
+
+
+def rescale(x, on):
+    """SPEC's renormalization: forward x / sum, backward the identity (straight-through)."""
+    return x + (x / x.sum(-1, keepdim=True) - x).detach() if on else x
+
+
+def reference_loss(model, batch, eps=1e-6, clip_c=None, renorm=False):
     """Straightforward NRAM: per-gate softmax over the R + i allowed sources, brute-force gate tables,
     explicit halting loop."""
     N, M = batch.memory.shape
@@ -31,7 +43,7 @@ def reference_loss(model, batch, eps=1e-6):
     remaining, loss = torch.ones(N, dtype=torch.float64), torch.zeros(N, dtype=torch.float64)
     for t in range(int(batch.T.max())):
         logits, state = model.controller(regs[None, :, :, 0], state)
-        logits = logits[0]
+        logits = clamp_grad(logits[0], clip_c)
         K = R + Q
         arg_logits = logits[:, :2 * Q * K].view(N, Q, 2, K)
         reg_logits = logits[:, 2 * Q * K:-1].view(N, R, K)
@@ -46,10 +58,13 @@ def reference_loss(model, batch, eps=1e-6):
             elif g.name == "WRITE":
                 mem = mem * (1 - A)[:, :, None] + A[:, :, None] * B[:, None, :]
                 out = B
-            else:
+            elif g.arity == 2:
                 out = (A[:, :, None] * B[:, None, :]).reshape(N, M * M) @ tables[g.name]
+            else:   # a gate reads only its own inputs: no gradient reaches an unused argument
+                out = (A if g.arity else torch.ones_like(A) / M) @ tables[g.name][::M]
             values.append(out)
         regs = torch.einsum("nrk,nkm->nrm", torch.softmax(reg_logits, -1), torch.stack(values, 1))
+        regs, mem = clamp_grad(rescale(regs, renorm), clip_c), clamp_grad(rescale(mem, renorm), clip_c)
         f = torch.sigmoid(logits[:, -1])
         last = batch.T - 1 == t
         p = torch.where(last, remaining, torch.where(t < batch.T - 1, f * remaining, 0.0))
@@ -60,16 +75,18 @@ def reference_loss(model, batch, eps=1e-6):
     return loss
 
 
+@pytest.mark.parametrize("clip_c, renorm", [(None, False), (0.05, True)])
 @pytest.mark.parametrize("kind", ["mlp", "lstm"])
-def test_fast_step_equals_reference_loss_and_gradients(kind):
+def test_fast_step_equals_reference_loss_and_gradients(kind, clip_c, renorm):
+    """With a clip of 0.05 most activation gradients are clamped, so a misplaced clip shows."""
     torch.manual_seed(0)
     model = NRAM(3, GATES, controller=kind, hidden=8).double()
     batch = make_batch("copy", 7, [1, 2, 3, 2], np.random.default_rng(0), "2*n+1")
-    fast = fuzzy_run(model, batch, clip_c=None, renorm=False).loss
+    fast = fuzzy_run(model, batch, clip_c=clip_c, renorm=renorm).loss
     fast.sum().backward()
     g_fast = {k: p.grad.clone() for k, p in model.named_parameters()}
     model.zero_grad()
-    ref = reference_loss(model, batch)
+    ref = reference_loss(model, batch, clip_c=clip_c, renorm=renorm)
     ref.sum().backward()
     assert torch.allclose(fast, ref, rtol=1e-10, atol=1e-12)
     for k, p in model.named_parameters():
