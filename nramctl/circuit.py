@@ -14,9 +14,12 @@ techniques that act on a step's edges are part of the node: the activation clip 
 logits, registers and memory clamped to [-c, c]) and the renormalization (identity backward).
 `tests/test_reference.py` checks loss and gradients against a plain autograd reference.
 """
+import functools
 from typing import NamedTuple
 
 import torch
+
+from . import native
 
 
 class Forward(NamedTuple):
@@ -67,19 +70,29 @@ def _softmax_grad(w, dw, c):
 
 class Circuit(torch.autograd.Function):
     """(arg logits [N, Q, 2, K], register logits [N, R, K], registers [N, R, M], memory [N, M, M])
-    -> (registers, memory, args_w, regs_w) after one timestep."""
+    -> (registers, memory, args_w, regs_w) after one timestep. Runs the compiled kernel
+    (`native.py`) where it is available, else the PyTorch code in this file."""
 
     @staticmethod
     def forward(ctx, arg_logits, reg_logits, registers, memory, gates, clip_c, renorm):
-        out = forward(gates, arg_logits, reg_logits, registers, memory, renorm)
         ctx.gates, ctx.clip_c = gates, clip_c
+        ctx.set_materialize_grads(False)
+        ctx.plan = _plan(gates) if native.usable(arg_logits, reg_logits, registers, memory) else None
+        if ctx.plan:
+            regs, mem, args_w, regs_w, V, AB, saved = native.forward(ctx.plan, arg_logits, reg_logits,
+                                                                     registers, memory, renorm)
+            ctx.save_for_backward(args_w, regs_w, V, AB, saved)
+            return regs, mem, args_w, regs_w
+        out = forward(gates, arg_logits, reg_logits, registers, memory, renorm)
         ctx.inputs, ctx.memories = out.inputs, out.memories
         ctx.save_for_backward(out.args_w, out.regs_w, out.values)
-        ctx.set_materialize_grads(False)
         return out.registers, out.memory, out.args_w, out.regs_w
 
     @staticmethod
     def backward(ctx, d_regs, d_mem, d_args_w, d_regs_w):
+        if ctx.plan:
+            return (*native.backward(ctx.plan, *ctx.saved_tensors, d_regs, d_mem, d_args_w, d_regs_w,
+                                     ctx.clip_c), None, None, None)
         args_w, regs_w, V = ctx.saved_tensors
         memories = list(ctx.memories)
         c, (N, R, K), M = ctx.clip_c, regs_w.shape, V.shape[-1]
@@ -129,6 +142,11 @@ class Circuit(torch.autograd.Function):
             dU = dU + d_regs_w
         return (_softmax_grad(args_w, dW, c), _softmax_grad(regs_w, dU, c), d_registers, d_mem,
                 None, None, None)
+
+
+@functools.lru_cache(maxsize=None)
+def _plan(gates):
+    return native.Plan(gates)
 
 
 def circuit(gates, arg_logits, reg_logits, registers, memory, clip_c=None, renorm=True):

@@ -41,7 +41,7 @@ class NRAM(nn.Module):
 
     def __init__(self, R, gates, repeat=1, controller="mlp", hidden=64, seed_values=(0,)):
         super().__init__()
-        self.R, self.gates = R, gate_sequence(gates, repeat)
+        self.R, self.gates = R, tuple(gate_sequence(gates, repeat))
         self.gate_names, self.repeat = list(gates), repeat
         self.Q, self.K, self.S = len(self.gates), R + len(self.gates), len(seed_values)
         self.kind, self.hidden = controller, hidden

@@ -188,7 +188,8 @@ def inspect_overview(tr):
 def bench_table(rows):
     r0 = rows[0]
     t = Table(title=f"training step: batch {r0['batch']} x {r0['seeds']} seed(s), T={r0['T']}, R={r0['R']}, "
-                    f"H={r0['hidden']}, {r0['controller']}, {r0['gates']} gates, {r0['threads']} thread(s)")
+                    f"H={r0['hidden']}, {r0['controller']}, {r0['gates']} gates, {r0['threads']} thread(s), "
+                    f"{r0['circuit']} circuit")
     cols = ["M", "example-timesteps/s", "s/step", "peak RSS MB"]
     if "speedup" in r0:
         cols += ["naive ex-ts/s", "speedup"]

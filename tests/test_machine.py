@@ -22,7 +22,7 @@ def one_gate_model(gate_names, R=2):
 
 
 @pytest.mark.parametrize("M", [5, 8, 64])
-def test_read_and_write_match_their_formulas(M):
+def test_read_and_write_match_their_formulas(M, backend):
     """READ(p)[c] = sum_i p_i mem[i, c];  WRITE(p, a): mem[i] = (1 - p_i) mem[i] + p_i a."""
     rng = np.random.default_rng(M)
     model = one_gate_model(["READ", "WRITE"])
@@ -39,7 +39,7 @@ def test_read_and_write_match_their_formulas(M):
     assert torch.allclose(A.sum(-1), torch.ones(3, dtype=torch.float64))
 
 
-def test_registers_update_simultaneously_from_old_values():
+def test_registers_update_simultaneously_from_old_values(backend):
     """r_i' is a mixture of the *old* registers and this step's gate outputs."""
     rng = np.random.default_rng(0)
     model = one_gate_model(["INC", "DEC"], R=3)
@@ -63,7 +63,7 @@ class OneStep(nn.Module):
 
 
 @pytest.mark.parametrize("kind", ["mlp", "lstm"])
-def test_gradcheck_one_full_machine_step(kind):
+def test_gradcheck_one_full_machine_step(kind, backend):
     """All 14 gates, gradients w.r.t. registers, memory and a controller weight, in float64."""
     rng = np.random.default_rng(3)
     model = NRAM(2, GATES, controller=kind, hidden=4).double()
@@ -76,7 +76,7 @@ def test_gradcheck_one_full_machine_step(kind):
     assert torch.autograd.gradcheck(f, (w, regs, mem))
 
 
-def test_renormalized_step_hands_on_distributions():
+def test_renormalized_step_hands_on_distributions(backend):
     """Registers and memory rows sum to 1 after a renormalized step, even from unnormalized ones."""
     rng = np.random.default_rng(4)
     model = NRAM(2, GATES, controller="mlp", hidden=4)
@@ -124,7 +124,7 @@ def test_loss_is_halting_weighted_log_likelihood_of_scored_cells():
 
 @pytest.mark.parametrize("M", [9, 16, 64])
 @pytest.mark.parametrize("name", sorted(CIRCUITS))
-def test_hand_wired_circuits_solve_the_task(name, M):
+def test_hand_wired_circuits_solve_the_task(name, M, backend):
     """Fixed controller outputs, no learning: fuzzy and discrete both give every scored cell."""
     R, rules = CIRCUITS[name]
     model = wired(R, GATES, rules)

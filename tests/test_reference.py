@@ -77,7 +77,7 @@ def reference_loss(model, batch, eps=1e-6, clip_c=None, renorm=False):
 
 @pytest.mark.parametrize("clip_c, renorm", [(None, False), (0.05, True)])
 @pytest.mark.parametrize("kind", ["mlp", "lstm"])
-def test_fast_step_equals_reference_loss_and_gradients(kind, clip_c, renorm):
+def test_fast_step_equals_reference_loss_and_gradients(kind, clip_c, renorm, backend):
     """With a clip of 0.05 most activation gradients are clamped, so a misplaced clip shows."""
     torch.manual_seed(0)
     model = NRAM(3, GATES, controller=kind, hidden=8).double()
@@ -91,3 +91,38 @@ def test_fast_step_equals_reference_loss_and_gradients(kind, clip_c, renorm):
     assert torch.allclose(fast, ref, rtol=1e-10, atol=1e-12)
     for k, p in model.named_parameters():
         assert torch.allclose(g_fast[k], p.grad, rtol=1e-8, atol=1e-12), k
+
+
+@pytest.mark.parametrize("names", [GATES, GATES[::-1], ["WRITE", "READ", "ADD", "READ", "WRITE", "MIN"] * 2,
+                                   ["TWO", "SUB", "LT", "EQ", "LE", "MAX", "DEC", "INC"]])
+def test_compiled_kernel_equals_torch_circuit(names, monkeypatch):
+    """Forward values and every input gradient of the compiled kernel against the PyTorch circuit,
+    on gate orders with several READs and WRITEs, unnormalized inputs, clip and renormalization."""
+    from nramctl import circuit, native
+    from nramctl.gates import circuit as sequence
+    if native.library() is None:
+        pytest.skip("no C++ compiler: the compiled circuit kernel is unavailable")
+    gates, (N, R, M) = tuple(sequence(names)), (3, 3, 9)
+    Q, K = len(gates), 3 + len(gates)
+    g = torch.Generator().manual_seed(len(names))
+    mask = torch.zeros(Q, 2, K, dtype=torch.float64)
+    for i in range(Q):
+        mask[i, :, R + i:] = float("-inf")
+    inputs = [torch.randn(N, Q, 2, K, generator=g, dtype=torch.float64) + mask,
+              torch.randn(N, R, K, generator=g, dtype=torch.float64),
+              torch.rand(N, R, M, generator=g, dtype=torch.float64),
+              torch.rand(N, M, M, generator=g, dtype=torch.float64)]
+    upstream = [torch.randn(N, R, M, generator=g, dtype=torch.float64) * 3,
+                torch.randn(N, M, M, generator=g, dtype=torch.float64) * 3,
+                torch.randn(N, Q, 2, K, generator=g, dtype=torch.float64),
+                torch.randn(N, R, K, generator=g, dtype=torch.float64)]
+    results = []
+    for lib in (native.library(), False):
+        monkeypatch.setattr(native, "_lib", lib)
+        xs = [x.clone().requires_grad_() for x in inputs]
+        outs = circuit.circuit(gates, *xs, clip_c=1.0, renorm=True)
+        torch.autograd.backward(outs, upstream)
+        results.append(([o.detach() for o in outs], [x.grad for x in xs]))
+    (out_c, grad_c), (out_t, grad_t) = results
+    for a, b in zip(out_c + grad_c, out_t + grad_t):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)

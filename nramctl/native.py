@@ -1,0 +1,118 @@
+"""The compiled circuit kernel (`kernel.cpp`): built once per machine with the system C++ compiler
+into the user's cache, loaded with ctypes.
+
+No compiler, a failed build, or NRAMCTL_NATIVE=0: the PyTorch circuit (`circuit.forward` and its
+backward) runs instead, with the same results. `tests/test_reference.py` checks both paths.
+"""
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernel.cpp")
+FLAGS = ["-O3", "-pthread", "-shared", "-fPIC", "-std=c++17"]
+# gate name -> (kernel code, constant value); codes follow the enum in kernel.cpp
+CODES = {"READ": (0, 0), "WRITE": (1, 0), "ZERO": (2, 0), "ONE": (2, 1), "TWO": (2, 2), "INC": (3, 0),
+         "DEC": (4, 0), "ADD": (5, 0), "SUB": (6, 0), "LT": (7, 0), "LE": (8, 0), "EQ": (9, 0),
+         "MIN": (10, 0), "MAX": (11, 0)}
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+_lib = None
+
+
+def cache_dir():
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nramctl"
+
+
+def library():
+    """The loaded kernel, or None where it cannot be built (then the PyTorch circuit runs)."""
+    global _lib
+    if _lib is None:
+        _lib = _build_and_load() or False
+    return _lib or None
+
+
+def _build_and_load():
+    if os.environ.get("NRAMCTL_NATIVE", "1") == "0":
+        return None
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not compiler:
+        return None
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join(FLAGS + [compiler, platform.machine()]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"kernel-{key}.so"
+    try:
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so")
+            os.close(fd)
+            try:          # build beside the target, then rename: a half-built library is never loaded
+                subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True,
+                               timeout=300)
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    p, i, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
+    for s in _SUFFIX.values():
+        getattr(lib, f"circuit_forward_{s}").argtypes = [p] * 11 + [i] * 5 + [p] * 3 + [i] * 2
+        getattr(lib, f"circuit_backward_{s}").argtypes = [p] * 9 + [d] + [p] * 4 + [i] * 5 + [p] * 2 + [i]
+    return lib
+
+
+def usable(*tensors):
+    """Whether the kernel can run on these tensors (CPU, float32 or float64)."""
+    return (library() is not None and all(t.device.type == "cpu" for t in tensors)
+            and tensors[0].dtype in _SUFFIX and all(t.dtype == tensors[0].dtype for t in tensors))
+
+
+def _ptr(t):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+class Plan:
+    """A gate sequence as the kernel's int arrays."""
+
+    def __init__(self, gates):
+        codes = [CODES[g.name] for g in gates]
+        self.codes = torch.tensor([c for c, _ in codes], dtype=torch.int32)
+        self.values = torch.tensor([v for _, v in codes], dtype=torch.int32)
+        self.arity = torch.tensor([g.arity for g in gates], dtype=torch.int32)
+        self.Q, self.G = len(gates), sum(1 for g in gates if g.memory)
+
+
+def forward(plan, arg_logits, reg_logits, registers, memory, renorm):
+    """-> (new registers, memory, args_w, regs_w, V [N, K, M], AB [N, Q, 2, M], saved [N, G, M, M]):
+    the softmax weights, every source, the gate inputs and the memory as each memory gate saw it."""
+    N, R, M = registers.shape
+    K = R + plan.Q
+    inputs = [t.contiguous() for t in (arg_logits, reg_logits, registers, memory)]
+    new = registers.new_empty
+    args_w, regs_w = new(N, plan.Q, 2, K), new(N, R, K)
+    V, AB, saved = new(N, K, M), new(N, plan.Q, 2, M), new(N, plan.G, M, M)
+    regs_out, mem_out = new(N, R, M), new(N, M, M)
+    fn = getattr(library(), f"circuit_forward_{_SUFFIX[registers.dtype]}")
+    fn(*map(_ptr, (*inputs, args_w, regs_w, V, AB, saved, regs_out, mem_out)),
+       N, R, plan.Q, M, plan.G, _ptr(plan.codes), _ptr(plan.arity), _ptr(plan.values), int(renorm),
+       torch.get_num_threads())
+    return regs_out, mem_out, args_w, regs_w, V, AB, saved
+
+
+def backward(plan, args_w, regs_w, V, AB, saved, d_regs, d_mem, d_args_w, d_regs_w, clip_c):
+    """-> gradients of (arg logits, register logits, registers, memory)."""
+    N, R, _ = regs_w.shape
+    M = V.shape[-1]
+    grads = [t if t is None else t.contiguous() for t in (d_regs, d_mem, d_args_w, d_regs_w)]
+    out = (torch.empty_like(args_w), torch.empty_like(regs_w), V.new_empty(N, R, M), V.new_empty(N, M, M))
+    fn = getattr(library(), f"circuit_backward_{_SUFFIX[V.dtype]}")
+    fn(*map(_ptr, (args_w, regs_w, V, AB, saved, *grads)), float(clip_c or 0.0), *map(_ptr, out),
+       N, R, plan.Q, M, plan.G, _ptr(plan.codes), _ptr(plan.arity), torch.get_num_threads())
+    return out
