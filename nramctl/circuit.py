@@ -79,8 +79,8 @@ class Circuit(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.plan = _plan(gates) if native.usable(arg_logits, reg_logits, registers, memory) else None
         if ctx.plan:
-            regs, mem, args_w, regs_w, V, AB, saved = native.forward(ctx.plan, arg_logits, reg_logits,
-                                                                     registers, memory, renorm)
+            regs, mem, args_w, regs_w, V, AB, saved = native.forward(
+                ctx.plan, arg_logits, reg_logits, registers, memory, renorm, save=any(ctx.needs_input_grad))
             ctx.save_for_backward(args_w, regs_w, V, AB, saved)
             return regs, mem, args_w, regs_w
         out = forward(gates, arg_logits, reg_logits, registers, memory, renorm)

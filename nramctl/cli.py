@@ -81,7 +81,8 @@ def _memory(cfg, M, difficulty):
 @command()
 def train(
     task_name: Annotated[Optional[str], typer.Argument(metavar="TASK", help="One of: " + ", ".join(TASKS))] = None,
-    M: Annotated[Optional[int], typer.Option("--M", help="Memory size.")] = None,
+    M: Annotated[Optional[int], typer.Option(
+        "--M", help="Memory size (alone, it caps the difficulty at the largest this M holds).")] = None,
     difficulty: Annotated[Optional[int], typer.Option(help="Largest difficulty trained on.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Step budget.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="First seed.")] = None,
@@ -105,6 +106,11 @@ def train(
     else:
         if not task_name:
             raise ConfigError("missing TASK (or --resume RUN)")
+        if M is not None and difficulty is None:
+            # --M alone: train at the task's difficulty, or at the largest one this M holds
+            t, base = task(task_name), task_config(task_name, config, set_)
+            if t.max_difficulty(M) >= t.min_difficulty:
+                difficulty = min(base.difficulty, t.max_difficulty(M))
         flags = {"M": M, "difficulty": difficulty, "train.steps": steps, "train.seed": seed, "train.seeds": seeds}
         overrides = list(set_) + [f"{k}={v}" for k, v in flags.items() if v is not None]
         cfg = task_config(task_name, config, overrides)

@@ -72,7 +72,7 @@ static void gate_forward(int code, int M, int value, const T* A, const T* B, T* 
         }
         std::fill(out, out + M, T(0));
         out[0] = sa * sb - s;
-        out[1] = s;
+        if (M > 1) out[1] = s;   // M = 1 has no value 1: only P(0) exists
         break;
     }
     case MIN: case MAX: {   // MIN: A[c] P(B >= c) + P(A > c) B[c]; MAX: A[c] P(B <= c) + P(A < c) B[c]
@@ -116,7 +116,7 @@ static void gate_backward(int code, int M, const T* A, const T* B, const T* D, T
         }
         break;
     case LT: case LE: case EQ: {
-        T sa = 0, sb = 0, d0 = D[0], ds = D[1] - D[0];
+        T sa = 0, sb = 0, d0 = D[0], ds = (M > 1 ? D[1] : T(0)) - D[0];
         for (int x = 0; x < M; x++) { sa += A[x]; sb += B[x]; }
         if (code == EQ) {
             for (int x = 0; x < M; x++) { dA[x] = d0 * sb + ds * B[x]; dB[x] = d0 * sa + ds * A[x]; }
@@ -187,7 +187,7 @@ static void forward(const T* arg_logits_, const T* reg_logits_, const T* regs_, 
             softmax(reg_logits_ + ((size_t)n * R + r) * K, U + (size_t)r * K, K, K);
         T* V = V_ + (size_t)n * K * M;
         T* AB = AB_ + (size_t)n * Q * 2 * M;
-        T* saved = saved_ + (size_t)n * G * M * M;
+        T* saved = saved_ ? saved_ + (size_t)n * G * M * M : nullptr;
         T* mem = mem_ + (size_t)n * M * M;
         std::memcpy(mem, mem_in_ + (size_t)n * M * M, sizeof(T) * M * M);
         std::memcpy(V, regs_ + (size_t)n * R * M, sizeof(T) * R * M);
@@ -203,7 +203,7 @@ static void forward(const T* arg_logits_, const T* reg_logits_, const T* regs_, 
             }
             const T* A = AB + (size_t)(2 * i) * M;
             const T* B = arity[i] ? AB + (size_t)(2 * i + arity[i] - 1) * M : A;
-            if (codes[i] == READ || codes[i] == WRITE)
+            if (saved_ && (codes[i] == READ || codes[i] == WRITE))   // no saving when no gradient is wanted
                 std::memcpy(saved + (size_t)(g++) * M * M, mem, sizeof(T) * M * M);
             if (codes[i] == READ) {
                 std::fill(out, out + M, T(0));

@@ -89,15 +89,16 @@ class Plan:
         self.Q, self.G = len(gates), sum(1 for g in gates if g.memory)
 
 
-def forward(plan, arg_logits, reg_logits, registers, memory, renorm):
+def forward(plan, arg_logits, reg_logits, registers, memory, renorm, save=True):
     """-> (new registers, memory, args_w, regs_w, V [N, K, M], AB [N, Q, 2, M], saved [N, G, M, M]):
-    the softmax weights, every source, the gate inputs and the memory as each memory gate saw it."""
+    the softmax weights, every source, the gate inputs and the memory as each memory gate saw it
+    (saved is None without `save`: evaluation keeps one memory per example, not G + 1)."""
     N, R, M = registers.shape
     K = R + plan.Q
     inputs = [t.contiguous() for t in (arg_logits, reg_logits, registers, memory)]
     new = registers.new_empty
     args_w, regs_w = new(N, plan.Q, 2, K), new(N, R, K)
-    V, AB, saved = new(N, K, M), new(N, plan.Q, 2, M), new(N, plan.G, M, M)
+    V, AB, saved = new(N, K, M), new(N, plan.Q, 2, M), new(N, plan.G, M, M) if save else None
     regs_out, mem_out = new(N, R, M), new(N, M, M)
     fn = getattr(library(), f"circuit_forward_{_SUFFIX[registers.dtype]}")
     fn(*map(_ptr, (*inputs, args_w, regs_w, V, AB, saved, regs_out, mem_out)),

@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import yaml
 import torch
 from typer.testing import CliRunner
 
@@ -127,13 +128,22 @@ def one_line_error(r, needle):
     assert needle in r.output, r.output
 
 
+def test_memory_flag_alone_caps_the_difficulty(cli):
+    """`train copy --M 12` is the paper's worked example: lengths up to 5 (2n + 1 <= 12 cells)."""
+    r = cli("train", "copy", "--M", "12", "--steps", "1", "--json")
+    assert r.exit_code == 0, r.output
+    cfg = yaml.safe_load((cli.root / "run-1" / "config.yaml").read_text())
+    assert (cfg["M"], cfg["difficulty"]) == (12, 5)
+
+
 @pytest.mark.parametrize("args, needle", [
     (["train", "sort"], "unknown task 'sort'"),
     (["train", "copy", "--set", "train.lr=abc"], "train.lr"),
     (["train", "copy", "--set", "train.colour=1"], "unknown key 'train.colour'"),
     (["train", "copy", "--set", "model.gates=[READ,MUL]"], "unknown gate 'MUL'"),
     (["train", "copy", "--set", "model.controller=gru"], "model.controller"),
-    (["train", "copy", "--M", "5"], "M=5 is too small for difficulty 5"),
+    (["train", "copy", "--M", "5", "--difficulty", "5"], "M=5 is too small for difficulty 5"),
+    (["train", "copy", "--M", "2"], "M=2 is too small"),
     (["train", "copy", "--set", "T=n**2"], "bad timestep rule"),
     (["train", "copy", "--name", "../evil"], "invalid run name"),
     (["eval", "run-9"], "no run 'run-9'"),
