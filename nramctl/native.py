@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernel.cpp")
-FLAGS = ["-O3", "-pthread", "-shared", "-fPIC", "-std=c++17"]
+FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17"]
 # gate name -> (kernel code, constant value); codes follow the enum in kernel.cpp
 CODES = {"READ": (0, 0), "WRITE": (1, 0), "ZERO": (2, 0), "ONE": (2, 1), "TWO": (2, 2), "INC": (3, 0),
          "DEC": (4, 0), "ADD": (5, 0), "SUB": (6, 0), "LT": (7, 0), "LE": (8, 0), "EQ": (9, 0),
@@ -63,8 +63,8 @@ def _build_and_load():
         return None
     p, i, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
     for s in _SUFFIX.values():
-        getattr(lib, f"circuit_forward_{s}").argtypes = [p] * 11 + [i] * 5 + [p] * 3 + [i] * 2
-        getattr(lib, f"circuit_backward_{s}").argtypes = [p] * 9 + [d] + [p] * 4 + [i] * 5 + [p] * 2 + [i]
+        getattr(lib, f"circuit_forward_{s}").argtypes = [p] * 11 + [i] * 5 + [p] * 3 + [i]
+        getattr(lib, f"circuit_backward_{s}").argtypes = [p] * 9 + [d] + [p] * 4 + [i] * 5 + [p] * 2
     return lib
 
 
@@ -83,10 +83,19 @@ class Plan:
 
     def __init__(self, gates):
         codes = [CODES[g.name] for g in gates]
-        self.codes = torch.tensor([c for c, _ in codes], dtype=torch.int32)
-        self.values = torch.tensor([v for _, v in codes], dtype=torch.int32)
-        self.arity = torch.tensor([g.arity for g in gates], dtype=torch.int32)
+        self._arrays = [torch.tensor(x, dtype=torch.int32) for x in
+                        ([c for c, _ in codes], [g.arity for g in gates], [v for _, v in codes])]
+        self.codes, self.arity, self.values = map(_ptr, self._arrays)
         self.Q, self.G = len(gates), sum(1 for g in gates if g.memory)
+
+
+_N = object()         # stands for the row count of a call
+
+
+def _call(fn, args, N):
+    """fn on every tensor argument's rows [0, N), in this thread. (Splitting the rows over a second
+    thread measured slower on two cores: torch's OpenMP workers spin between ops and take the core.)"""
+    fn(*[_ptr(x) if isinstance(x, torch.Tensor) else N if x is _N else x for x in args])
 
 
 def forward(plan, arg_logits, reg_logits, registers, memory, renorm, save=True):
@@ -101,9 +110,8 @@ def forward(plan, arg_logits, reg_logits, registers, memory, renorm, save=True):
     V, AB, saved = new(N, K, M), new(N, plan.Q, 2, M), new(N, plan.G, M, M) if save else None
     regs_out, mem_out = new(N, R, M), new(N, M, M)
     fn = getattr(library(), f"circuit_forward_{_SUFFIX[registers.dtype]}")
-    fn(*map(_ptr, (*inputs, args_w, regs_w, V, AB, saved, regs_out, mem_out)),
-       N, R, plan.Q, M, plan.G, _ptr(plan.codes), _ptr(plan.arity), _ptr(plan.values), int(renorm),
-       torch.get_num_threads())
+    _call(fn, [*inputs, args_w, regs_w, V, AB, saved, regs_out, mem_out, _N, R, plan.Q, M, plan.G,
+               plan.codes, plan.arity, plan.values, int(renorm)], N)
     return regs_out, mem_out, args_w, regs_w, V, AB, saved
 
 
@@ -114,6 +122,6 @@ def backward(plan, args_w, regs_w, V, AB, saved, d_regs, d_mem, d_args_w, d_regs
     grads = [t if t is None else t.contiguous() for t in (d_regs, d_mem, d_args_w, d_regs_w)]
     out = (torch.empty_like(args_w), torch.empty_like(regs_w), V.new_empty(N, R, M), V.new_empty(N, M, M))
     fn = getattr(library(), f"circuit_backward_{_SUFFIX[V.dtype]}")
-    fn(*map(_ptr, (args_w, regs_w, V, AB, saved, *grads)), float(clip_c or 0.0), *map(_ptr, out),
-       N, R, plan.Q, M, plan.G, _ptr(plan.codes), _ptr(plan.arity), torch.get_num_threads())
+    _call(fn, [args_w, regs_w, V, AB, saved, *grads, float(clip_c or 0.0), *out, _N, R, plan.Q, M, plan.G,
+               plan.codes, plan.arity], N)
     return out

@@ -95,9 +95,11 @@ def test_fast_step_equals_reference_loss_and_gradients(kind, clip_c, renorm, bac
 
 @pytest.mark.parametrize("names", [GATES, GATES[::-1], ["WRITE", "READ", "ADD", "READ", "WRITE", "MIN"] * 2,
                                    ["TWO", "SUB", "LT", "EQ", "LE", "MAX", "DEC", "INC"]])
-def test_compiled_kernel_equals_torch_circuit(names, monkeypatch):
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+def test_compiled_kernel_equals_torch_circuit(names, dtype, tol, monkeypatch):
     """Forward values and every input gradient of the compiled kernel against the PyTorch circuit,
-    on gate orders with several READs and WRITEs, unnormalized inputs, clip and renormalization."""
+    on gate orders with several READs and WRITEs, unnormalized inputs, clip and renormalization.
+    (float32: the kernel's own exp and another summation order, so a float tolerance.)"""
     from nramctl import circuit, native
     from nramctl.gates import circuit as sequence
     if native.library() is None:
@@ -108,14 +110,14 @@ def test_compiled_kernel_equals_torch_circuit(names, monkeypatch):
     mask = torch.zeros(Q, 2, K, dtype=torch.float64)
     for i in range(Q):
         mask[i, :, R + i:] = float("-inf")
-    inputs = [torch.randn(N, Q, 2, K, generator=g, dtype=torch.float64) + mask,
-              torch.randn(N, R, K, generator=g, dtype=torch.float64),
-              torch.rand(N, R, M, generator=g, dtype=torch.float64),
-              torch.rand(N, M, M, generator=g, dtype=torch.float64)]
-    upstream = [torch.randn(N, R, M, generator=g, dtype=torch.float64) * 3,
-                torch.randn(N, M, M, generator=g, dtype=torch.float64) * 3,
-                torch.randn(N, Q, 2, K, generator=g, dtype=torch.float64),
-                torch.randn(N, R, K, generator=g, dtype=torch.float64)]
+    inputs = [(torch.randn(N, Q, 2, K, generator=g, dtype=torch.float64) * 4 + mask).to(dtype),
+              torch.randn(N, R, K, generator=g, dtype=torch.float64).to(dtype),
+              torch.rand(N, R, M, generator=g, dtype=torch.float64).to(dtype),
+              torch.rand(N, M, M, generator=g, dtype=torch.float64).to(dtype)]
+    upstream = [(torch.randn(N, R, M, generator=g, dtype=torch.float64) * 3).to(dtype),
+                (torch.randn(N, M, M, generator=g, dtype=torch.float64) * 3).to(dtype),
+                torch.randn(N, Q, 2, K, generator=g, dtype=torch.float64).to(dtype),
+                torch.randn(N, R, K, generator=g, dtype=torch.float64).to(dtype)]
     results = []
     for lib in (native.library(), False):
         monkeypatch.setattr(native, "_lib", lib)
@@ -125,4 +127,4 @@ def test_compiled_kernel_equals_torch_circuit(names, monkeypatch):
         results.append(([o.detach() for o in outs], [x.grad for x in xs]))
     (out_c, grad_c), (out_t, grad_t) = results
     for a, b in zip(out_c + grad_c, out_t + grad_t):
-        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+        assert torch.allclose(a, b, rtol=tol, atol=tol)
