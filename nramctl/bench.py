@@ -10,6 +10,7 @@ import time
 import torch
 
 from . import native
+from .adam import Adam
 from .gates import PAPER_GATES
 from .machine import NRAM, Batch, fuzzy_run
 
@@ -29,7 +30,7 @@ def bench_train(batch=32, M=20, T=20, R=4, hidden=64, controller="lstm", seeds=1
                 warmup=2, clip_activation=10.0, renormalize=True):
     """Seconds per training step and example-timesteps per second (summed over seeds)."""
     model = NRAM(R, PAPER_GATES, 1, controller, hidden, list(range(seeds)))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
 
     def one():

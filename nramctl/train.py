@@ -9,6 +9,7 @@ import time
 import numpy as np
 import torch
 
+from .adam import Adam
 from .data import Curriculum, concat, make_batch, rng_from_state, rng_state
 from .evaluate import compare, evaluate, score
 from .machine import NRAM, fuzzy_run
@@ -32,7 +33,7 @@ class Trainer:
         self.seeds = seed_list(cfg)
         self.S = len(self.seeds)
         self.model = build_model(cfg)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=tr.lr)
+        self.opt = Adam(self.model.parameters(), lr=tr.lr)
         lo, hi = self.task.min_difficulty, cfg.difficulty
         self.curricula = [Curriculum(tr.curriculum, lo, hi) for _ in self.seeds]
         self.data_rngs = [np.random.default_rng([s, 0]) for s in self.seeds]
@@ -156,7 +157,7 @@ class Trainer:
         self.cfg.train.seeds, self.cfg.train.seed = 1, self.seeds[0]
         self.model = build_model(self.cfg)
         self.model.load_state_dict(params)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)
+        self.opt = Adam(self.model.parameters(), lr=self.cfg.train.lr)
         self.opt.load_state_dict(state)
         for name in ("curricula", "data_rngs", "noise_gens", "best_error", "best_step", "solved_step"):
             setattr(self, name, pick(getattr(self, name)))

@@ -134,3 +134,25 @@ def test_polishing_keeps_training_after_the_target_and_keeps_a_solution():
     assert tr.run() == "solved"
     assert tr.step == tr.solved_step[0] + 60 and tr.best_error[0] == 0.0
     assert tr.best_step[0] > tr.solved_step[0]          # a polished snapshot that still scores 0
+
+
+def test_adam_matches_torch_optim_adam_bit_for_bit():
+    """nramctl's Adam (no torch._dynamo import) against torch.optim.Adam: same parameters after 20
+    steps of random gradients, and a state_dict either one loads."""
+    from nramctl.adam import Adam
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(3, 4, generator=g)), torch.nn.Parameter(torch.randn(5, generator=g))]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    a, b = Adam(ours, lr=3e-3), torch.optim.Adam(ref, lr=3e-3)
+    for _ in range(20):
+        for p, q in zip(ours, ref):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        a.step()
+        b.step()
+    for p, q in zip(ours, ref):
+        assert torch.equal(p, q)
+    c = Adam(ours, lr=1.0)
+    c.load_state_dict(b.state_dict())
+    assert c.lr == 3e-3 and torch.equal(c.state[1]["exp_avg_sq"], b.state[ref[1]]["exp_avg_sq"])
+    torch.optim.Adam(ref, lr=1.0).load_state_dict(a.state_dict())
