@@ -3,7 +3,8 @@
 // Same computation as nramctl/circuit.py (which is the definition; tests/test_reference.py checks
 // both against a plain autograd reference). Each example's registers and M x M memory fit in cache,
 // so one pass per example replaces a few hundred small tensor operations per timestep.
-// Built on first use by nramctl/native.py and called through ctypes on contiguous tensors.
+// Built on first use by nramctl/native.py and called through ctypes on contiguous tensors; with
+// OpenMP the examples are shared out over torch's own threads (native.py says why).
 //
 // Shapes per example: W [Q, 2, K] gate-input weights, U [R, K] register weights, V [K, M] sources
 // (registers, then gate outputs), AB [Q, 2, M] gate inputs, saved [G, M, M] memory as each of the G
@@ -182,8 +183,10 @@ static void softmax(const T* logits, T* w, int n, int K) {
 template <typename T>
 static void forward(const T* arg_logits_, const T* reg_logits_, const T* regs_, const T* mem_in_, T* W_,
                     T* U_, T* V_, T* AB_, T* saved_, T* new_regs_, T* mem_, int N, int R, int Q, int M,
-                    int G, const int* codes, const int* arity, const int* values, int renorm) {
+                    int G, const int* codes, const int* arity, const int* values, int renorm,
+                    int threads) {
     const int K = R + Q;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int n = 0; n < N; n++) {
         T* W = W_ + (size_t)n * Q * 2 * K;
         T* U = U_ + (size_t)n * R * K;
@@ -255,8 +258,9 @@ template <typename T>
 static void backward(const T* W_, const T* U_, const T* V_, const T* AB_, const T* saved_,
                      const T* d_regs_, const T* d_mem_out_, const T* d_W_, const T* d_U_, T c,
                      T* d_arg_logits_, T* d_reg_logits_, T* d_regs_in_, T* d_mem_, int N, int R, int Q,
-                     int M, int G, const int* codes, const int* arity) {
+                     int M, int G, const int* codes, const int* arity, int threads) {
     const int K = R + Q;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int n = 0; n < N; n++) {
         const T* W = W_ + (size_t)n * Q * 2 * K;
         const T* U = U_ + (size_t)n * R * K;
@@ -345,17 +349,17 @@ extern "C" {
     void circuit_forward_##suffix(const T* arg_logits, const T* reg_logits, const T* regs,            \
                                   const T* mem_in, T* W, T* U, T* V, T* AB, T* saved, T* new_regs,     \
                                   T* mem, int N, int R, int Q, int M, int G, const int* codes,         \
-                                  const int* arity, const int* values, int renorm) {                   \
+                                  const int* arity, const int* values, int renorm, int threads) {      \
         forward<T>(arg_logits, reg_logits, regs, mem_in, W, U, V, AB, saved, new_regs, mem, N, R, Q,   \
-                   M, G, codes, arity, values, renorm);                                                \
+                   M, G, codes, arity, values, renorm, threads);                                       \
     }                                                                                                  \
     void circuit_backward_##suffix(const T* W, const T* U, const T* V, const T* AB, const T* saved,    \
                                    const T* d_regs, const T* d_mem_out, const T* d_W, const T* d_U,    \
                                    double c, T* d_arg_logits, T* d_reg_logits, T* d_regs_in, T* d_mem, \
                                    int N, int R, int Q, int M, int G, const int* codes,                \
-                                   const int* arity) {                                                 \
+                                   const int* arity, int threads) {                                    \
         backward<T>(W, U, V, AB, saved, d_regs, d_mem_out, d_W, d_U, (T)c, d_arg_logits,               \
-                    d_reg_logits, d_regs_in, d_mem, N, R, Q, M, G, codes, arity);                      \
+                    d_reg_logits, d_regs_in, d_mem, N, R, Q, M, G, codes, arity, threads);             \
     }
 NRAM_EXPORT(float, f32)
 NRAM_EXPORT(double, f64)

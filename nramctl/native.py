@@ -17,6 +17,9 @@ import torch
 
 SOURCE = Path(__file__).with_name("kernel.cpp")
 FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17"]
+# With -fopenmp the kernel's loop over examples runs on OpenMP threads. torch is imported first and
+# brings its own libgomp.so.1, which the kernel then shares: one thread pool, no second set of threads
+# fighting torch's spinning workers for the cores (a std::thread pool measured several times slower).
 # gate name -> (kernel code, constant value); codes follow the enum in kernel.cpp
 CODES = {"READ": (0, 0), "WRITE": (1, 0), "ZERO": (2, 0), "ONE": (2, 1), "TWO": (2, 2), "INC": (3, 0),
          "DEC": (4, 0), "ADD": (5, 0), "SUB": (6, 0), "LT": (7, 0), "LE": (8, 0), "EQ": (9, 0),
@@ -43,8 +46,16 @@ def _build_and_load():
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not compiler:
         return None
+    for flags in (FLAGS + ["-fopenmp"], FLAGS):      # without OpenMP the kernel runs on one thread
+        lib = _load(compiler, flags)
+        if lib:
+            return lib
+    return None
+
+
+def _load(compiler, flags):
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(FLAGS + [compiler, platform.machine()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + " ".join(flags + [compiler, platform.machine()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"kernel-{key}.so"
     try:
         if not target.exists():
@@ -52,7 +63,7 @@ def _build_and_load():
             fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so")
             os.close(fd)
             try:          # build beside the target, then rename: a half-built library is never loaded
-                subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True,
+                subprocess.run([compiler, *flags, "-o", tmp, str(SOURCE)], check=True, capture_output=True,
                                timeout=300)
                 os.replace(tmp, target)
             finally:
@@ -63,8 +74,8 @@ def _build_and_load():
         return None
     p, i, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
     for s in _SUFFIX.values():
-        getattr(lib, f"circuit_forward_{s}").argtypes = [p] * 11 + [i] * 5 + [p] * 3 + [i]
-        getattr(lib, f"circuit_backward_{s}").argtypes = [p] * 9 + [d] + [p] * 4 + [i] * 5 + [p] * 2
+        getattr(lib, f"circuit_forward_{s}").argtypes = [p] * 11 + [i] * 5 + [p] * 3 + [i] * 2
+        getattr(lib, f"circuit_backward_{s}").argtypes = [p] * 9 + [d] + [p] * 4 + [i] * 5 + [p] * 2 + [i]
     return lib
 
 
@@ -93,9 +104,13 @@ _N = object()         # stands for the row count of a call
 
 
 def _call(fn, args, N):
-    """fn on every tensor argument's rows [0, N), in this thread. (Splitting the rows over a second
-    thread measured slower on two cores: torch's OpenMP workers spin between ops and take the core.)"""
+    """fn on every tensor argument's rows [0, N) (the kernel shares them out over threads itself)."""
     fn(*[_ptr(x) if isinstance(x, torch.Tensor) else N if x is _N else x for x in args])
+
+
+def _threads(N):
+    """Threads for a call: torch's count, where the batch is large enough to share out."""
+    return torch.get_num_threads() if N >= 64 else 1
 
 
 def forward(plan, arg_logits, reg_logits, registers, memory, renorm, save=True):
@@ -111,7 +126,7 @@ def forward(plan, arg_logits, reg_logits, registers, memory, renorm, save=True):
     regs_out, mem_out = new(N, R, M), new(N, M, M)
     fn = getattr(library(), f"circuit_forward_{_SUFFIX[registers.dtype]}")
     _call(fn, [*inputs, args_w, regs_w, V, AB, saved, regs_out, mem_out, _N, R, plan.Q, M, plan.G,
-               plan.codes, plan.arity, plan.values, int(renorm)], N)
+               plan.codes, plan.arity, plan.values, int(renorm), _threads(N)], N)
     return regs_out, mem_out, args_w, regs_w, V, AB, saved
 
 
@@ -123,5 +138,5 @@ def backward(plan, args_w, regs_w, V, AB, saved, d_regs, d_mem, d_args_w, d_regs
     out = (torch.empty_like(args_w), torch.empty_like(regs_w), V.new_empty(N, R, M), V.new_empty(N, M, M))
     fn = getattr(library(), f"circuit_backward_{_SUFFIX[V.dtype]}")
     _call(fn, [args_w, regs_w, V, AB, saved, *grads, float(clip_c or 0.0), *out, _N, R, plan.Q, M, plan.G,
-               plan.codes, plan.arity], N)
+               plan.codes, plan.arity, _threads(N)], N)
     return out

@@ -128,3 +128,33 @@ def test_compiled_kernel_equals_torch_circuit(names, dtype, tol, monkeypatch):
     (out_c, grad_c), (out_t, grad_t) = results
     for a, b in zip(out_c + grad_c, out_t + grad_t):
         assert torch.allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_compiled_kernel_gives_the_same_bits_on_several_threads():
+    """Examples are shared out over torch's threads (OpenMP); each example's arithmetic is unchanged."""
+    from nramctl import circuit, native
+    from nramctl.gates import PAPER_GATES, circuit as sequence
+    if native.library() is None:
+        pytest.skip("no C++ compiler: the compiled circuit kernel is unavailable")
+    gates, (N, R, M) = tuple(sequence(PAPER_GATES)), (130, 4, 10)
+    Q, K = len(gates), R + len(gates)
+    g = torch.Generator().manual_seed(1)
+    mask = torch.zeros(Q, 2, K)
+    for i in range(Q):
+        mask[i, :, R + i:] = float("-inf")
+    inputs = [torch.randn(N, Q, 2, K, generator=g) + mask, torch.randn(N, R, K, generator=g),
+              torch.softmax(3 * torch.randn(N, R, M, generator=g), -1),
+              torch.softmax(3 * torch.randn(N, M, M, generator=g), -1)]
+    upstream = [torch.randn(N, R, M, generator=g), torch.randn(N, M, M, generator=g)]
+    results, before = [], torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            xs = [x.clone().requires_grad_() for x in inputs]
+            outs = circuit.circuit(gates, *xs, clip_c=1.0, renorm=True)
+            torch.autograd.backward(outs[:2], upstream)
+            results.append([o.detach() for o in outs] + [x.grad for x in xs])
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        assert torch.isfinite(a).all() and torch.equal(a, b)
