@@ -32,6 +32,12 @@ class Forward(NamedTuple):
     memories: list               # memory as each READ / WRITE saw it, in circuit order
 
 
+def _split(ab):
+    """A gate's inputs [N, arity, M] -> (A, B), B None for a one-input gate."""
+    A, *B = ab.unbind(1)
+    return A, (B[0] if B else None)
+
+
 def forward(gates, arg_logits, reg_logits, registers, memory, renorm=True):
     """The circuit without autograd; every intermediate the backward pass needs.
     (Per-gate views come from one unbind: tuple indexing in the loop would cost more than the math.)"""
@@ -45,8 +51,7 @@ def forward(gates, arg_logits, reg_logits, registers, memory, renorm=True):
         A = B = ab = None
         if g.arity:
             ab = torch.bmm(W[i][:, :g.arity, :R + i], V[:, :R + i])
-            A, *B = ab.unbind(1)
-            B = B[0] if B else None
+            A, B = _split(ab)
         inputs.append(ab)
         if g.memory:
             memories.append(memory)
@@ -117,8 +122,7 @@ class Circuit(torch.autograd.Function):
                 continue
             k = R + i
             dout = torch.baddbmm(dV[:, k:k + 1], WT[:, k:k + 1, 2 * i + 2:], dAB[:, 2 * i + 2:])[:, 0]
-            A, *B = ctx.inputs[i].unbind(1)
-            B = B[0] if B else None
+            A, B = _split(ctx.inputs[i])
             if g.memory == "read":
                 mem = memories.pop()
                 dA, dB = torch.bmm(mem, dout[:, :, None])[:, :, 0], None

@@ -20,10 +20,11 @@ FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17"]
 # With -fopenmp the kernel's loop over examples runs on OpenMP threads. torch is imported first and
 # brings its own libgomp.so.1, which the kernel then shares: one thread pool, no second set of threads
 # fighting torch's spinning workers for the cores (a std::thread pool measured several times slower).
-# gate name -> (kernel code, constant value); codes follow the enum in kernel.cpp
-CODES = {"READ": (0, 0), "WRITE": (1, 0), "ZERO": (2, 0), "ONE": (2, 1), "TWO": (2, 2), "INC": (3, 0),
-         "DEC": (4, 0), "ADD": (5, 0), "SUB": (6, 0), "LT": (7, 0), "LE": (8, 0), "EQ": (9, 0),
-         "MIN": (10, 0), "MAX": (11, 0)}
+
+# gate name -> kernel code, following the enum in kernel.cpp (a constant gate's value comes from its
+# integer function)
+CODES = {"READ": 0, "WRITE": 1, "ZERO": 2, "ONE": 2, "TWO": 2, "INC": 3, "DEC": 4, "ADD": 5, "SUB": 6,
+         "LT": 7, "LE": 8, "EQ": 9, "MIN": 10, "MAX": 11}
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _lib = None
 
@@ -93,19 +94,11 @@ class Plan:
     """A gate sequence as the kernel's int arrays."""
 
     def __init__(self, gates):
-        codes = [CODES[g.name] for g in gates]
+        values = [g.int_fn(0, 0, 1 << 30) if g.arity == 0 else 0 for g in gates]   # reduced mod M in C
         self._arrays = [torch.tensor(x, dtype=torch.int32) for x in
-                        ([c for c, _ in codes], [g.arity for g in gates], [v for _, v in codes])]
+                        ([CODES[g.name] for g in gates], [g.arity for g in gates], values)]
         self.codes, self.arity, self.values = map(_ptr, self._arrays)
         self.Q, self.G = len(gates), sum(1 for g in gates if g.memory)
-
-
-_N = object()         # stands for the row count of a call
-
-
-def _call(fn, args, N):
-    """fn on every tensor argument's rows [0, N) (the kernel shares them out over threads itself)."""
-    fn(*[_ptr(x) if isinstance(x, torch.Tensor) else N if x is _N else x for x in args])
 
 
 def _threads(N):
@@ -125,8 +118,8 @@ def forward(plan, arg_logits, reg_logits, registers, memory, renorm, save=True):
     V, AB, saved = new(N, K, M), new(N, plan.Q, 2, M), new(N, plan.G, M, M) if save else None
     regs_out, mem_out = new(N, R, M), new(N, M, M)
     fn = getattr(library(), f"circuit_forward_{_SUFFIX[registers.dtype]}")
-    _call(fn, [*inputs, args_w, regs_w, V, AB, saved, regs_out, mem_out, _N, R, plan.Q, M, plan.G,
-               plan.codes, plan.arity, plan.values, int(renorm), _threads(N)], N)
+    fn(*map(_ptr, (*inputs, args_w, regs_w, V, AB, saved, regs_out, mem_out)), N, R, plan.Q, M, plan.G,
+       plan.codes, plan.arity, plan.values, int(renorm), _threads(N))
     return regs_out, mem_out, args_w, regs_w, V, AB, saved
 
 
@@ -137,6 +130,6 @@ def backward(plan, args_w, regs_w, V, AB, saved, d_regs, d_mem, d_args_w, d_regs
     grads = [t if t is None else t.contiguous() for t in (d_regs, d_mem, d_args_w, d_regs_w)]
     out = (torch.empty_like(args_w), torch.empty_like(regs_w), V.new_empty(N, R, M), V.new_empty(N, M, M))
     fn = getattr(library(), f"circuit_backward_{_SUFFIX[V.dtype]}")
-    _call(fn, [args_w, regs_w, V, AB, saved, *grads, float(clip_c or 0.0), *out, _N, R, plan.Q, M, plan.G,
-               plan.codes, plan.arity, _threads(N)], N)
+    fn(*map(_ptr, (args_w, regs_w, V, AB, saved, *grads)), float(clip_c or 0.0), *map(_ptr, out),
+       N, R, plan.Q, M, plan.G, plan.codes, plan.arity, _threads(N))
     return out

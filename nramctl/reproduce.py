@@ -53,7 +53,8 @@ def reproduce_task(store, cfg, budget_s, per_difficulty=20, up_to=50, on_log=Non
     rows = generalization(model, cfg, M, per_difficulty, np.random.default_rng(seed),
                           range(tk.min_difficulty, min(up_to, tk.max_difficulty(M)) + 1))
     return {
-        "task": cfg.task, "run": run.name, "seed": trainer.seeds[idx], "seed_index": idx, "M_train": cfg.M, "difficulty": cfg.difficulty,
+        "task": cfg.task, "run": run.name, "seed": trainer.seeds[idx], "seed_index": idx,
+        "M_train": cfg.M, "difficulty": cfg.difficulty,
         "result": result, "seeds_tried": tried, "seeds_solved": n_solved,
         "train_error": trainer.best_error[idx], "steps": trainer.step,
         "solved_step": trainer.solved_step[idx], "train_seconds": train_s,
