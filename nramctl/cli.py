@@ -68,11 +68,16 @@ def _model(runs_dir, ref):
     return run, cfg, model, f"{run.name}/seed-{seed}" if cfg.train.seeds > 1 else run.name
 
 
+def _fits(t, M):
+    """The task t at memory size M, or a one-line error if not even its smallest difficulty fits."""
+    if M < t.min_M(t.min_difficulty):
+        raise TaskError(f"{t.name}: M={M} is too small (needs M >= {t.min_M(t.min_difficulty)})")
+    return t
+
+
 def _memory(cfg, M, difficulty):
     M = M or cfg.M
-    t = task(cfg.task)
-    if M < t.min_M(t.min_difficulty):
-        raise TaskError(f"{cfg.task}: M={M} is too small (needs M >= {t.min_M(t.min_difficulty)})")
+    t = _fits(task(cfg.task), M)
     d = difficulty if difficulty is not None else min(cfg.difficulty, t.max_difficulty(M))
     t.check(d, M)
     return M, d
@@ -108,9 +113,8 @@ def train(
             raise ConfigError("missing TASK (or --resume RUN)")
         if M is not None and difficulty is None:
             # --M alone: train at the task's difficulty, or at the largest one this M holds
-            t, base = task(task_name), task_config(task_name, config, set_)
-            if t.max_difficulty(M) >= t.min_difficulty:
-                difficulty = min(base.difficulty, t.max_difficulty(M))
+            t = _fits(task(task_name), M)
+            difficulty = min(task_config(task_name, config, set_).difficulty, t.max_difficulty(M))
         flags = {"M": M, "difficulty": difficulty, "train.steps": steps, "train.seed": seed, "train.seeds": seeds}
         overrides = list(set_) + [f"{k}={v}" for k, v in flags.items() if v is not None]
         cfg = task_config(task_name, config, overrides)
