@@ -89,3 +89,32 @@ def bench_discrete(M, steps=20000, R=4, seed=0):
     dt = time.perf_counter() - t0
     return {"M": M, "steps": done, "seconds_per_step": dt / done, "steps_per_s": done / dt,
             "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def bench_eval_memory(M, n=100, ref="pretrained/copy"):
+    """Peak memory of a fuzzy evaluation of `n` examples at the largest difficulty memory M holds,
+    measured in a fresh process (peak RSS is per process): {M, difficulty, T, n, seconds, peak_rss_mb}."""
+    import json
+    import subprocess
+    import sys
+    code = f"from nramctl.bench import _eval_memory_child; _eval_memory_child({int(M)}, {int(n)}, {ref!r})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _eval_memory_child(M, n, ref):
+    import json
+
+    import numpy as np
+
+    from .evaluate import evaluate
+    from .experiment import load_model
+    from .runs import RunStore
+    from .tasks import task
+    run, seed = RunStore().resolve(ref)
+    cfg, model, _ = load_model(run, seed)
+    d = task(cfg.task).max_difficulty(M)
+    t0 = time.perf_counter()
+    res = evaluate(model, cfg, M, np.full(n, d), np.random.default_rng(0))
+    print(json.dumps({"M": M, "difficulty": d, "T": cfg.T_of(d), "n": n, "error": float(res["error"][0]),
+                      "seconds": time.perf_counter() - t0, "peak_rss_mb": round(peak_rss_mb(), 1)}))

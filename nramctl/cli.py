@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from . import render
-from .config import ConfigError, task_config
+from .config import ConfigError, check_memory, task_config, unroll_bytes
 from .experiment import load_model, new_run, resume, seed_results, train as train_run
 from .gates import GateError
 from .runtime import keep_freed_memory
@@ -75,12 +75,31 @@ def _fits(t, M):
     return t
 
 
-def _memory(cfg, M, difficulty):
-    M = M or cfg.M
+FUZZY_MAX_M = 400           # the fuzzy machine holds M x M floats per example
+MAX_M = 10_000_000          # examples are generated as dense arrays of M cells
+MAX_EXAMPLES = 1_000_000
+
+
+def _memory(cfg, M, difficulty, fuzzy=True):
+    """(M, difficulty) for a command on this run's task, checked: M in range for the machine used,
+    the difficulty within what M holds, and its T within the rule's bounds."""
+    M = cfg.M if M is None else M
+    if fuzzy and M > FUZZY_MAX_M:
+        raise ConfigError(f"--M {M}: the fuzzy machine needs M x M memory per example (at most M = "
+                          f"{FUZZY_MAX_M}); use --discrete for large M")
+    if M > MAX_M:
+        raise ConfigError(f"--M {M}: at most {MAX_M:,}")
     t = _fits(task(cfg.task), M)
     d = difficulty if difficulty is not None else min(cfg.difficulty, t.max_difficulty(M))
     t.check(d, M)
+    cfg.T_of(d)
     return M, d
+
+
+def _count(value, flag, most=MAX_EXAMPLES):
+    if not 1 <= value <= most:
+        raise ConfigError(f"{flag} {value}: must be between 1 and {most:,}")
+    return value
 
 
 @command()
@@ -89,7 +108,7 @@ def train(
     M: Annotated[Optional[int], typer.Option(
         "--M", help="Memory size (alone, it caps the difficulty at the largest this M holds).")] = None,
     difficulty: Annotated[Optional[int], typer.Option(help="Largest difficulty trained on.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Step budget.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Step budget (with --resume: the new budget).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="First seed.")] = None,
     seeds: Annotated[Optional[int], typer.Option(help="Train this many seeds at once.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name (default: the next run-N).")] = None,
@@ -104,10 +123,18 @@ def train(
     if resume_run:
         if task_name:
             raise ConfigError("give either TASK or --resume RUN, not both")
+        given = {"--M": M, "--difficulty": difficulty, "--seed": seed, "--seeds": seeds, "--name": name,
+                 "--config": config, "--set": set_ or None}
+        refused = [flag for flag, v in given.items() if v is not None]
+        if refused:
+            raise ConfigError(f"{', '.join(refused)} cannot change a run being resumed (only --steps "
+                              "extends its budget); start a new run instead")
         run, _ = store.resolve(resume_run)
         if run.readonly:
             raise RunError(f"{run.name} is read-only")
-        trainer = resume(run)
+        trainer = resume(run, steps)
+        for w in run.warnings:
+            render.warning(w)
     else:
         if not task_name:
             raise ConfigError("missing TASK (or --resume RUN)")
@@ -120,18 +147,21 @@ def train(
         cfg = task_config(task_name, config, overrides)
         run, trainer = new_run(store, cfg, name)
 
-    stop = {"flag": False}
+    # Ctrl-C and SIGTERM (what cluster schedulers send) finish the step, save a resumable checkpoint
+    # and exit with 130 and 143
+    stop = {"signal": None}
 
-    def on_sigint(signum, frame):
-        stop["flag"] = True
+    def on_signal(signum, frame):
+        stop["signal"] = signum
 
-    old = signal.signal(signal.SIGINT, on_sigint)
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     t0 = time.perf_counter()
     try:
         with render.TrainProgress(run.name, trainer.cfg.train.steps, trainer.step, enabled=not json) as bar:
-            result = train_run(run, trainer, on_log=bar.update, should_stop=lambda: stop["flag"])
+            result = train_run(run, trainer, on_log=bar.update, should_stop=lambda: stop["signal"] is not None)
     finally:
-        signal.signal(signal.SIGINT, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     summary = {"run": run.name, "path": str(run.path), "task": trainer.cfg.task, "result": result,
                "steps": trainer.step, "seconds": time.perf_counter() - t0,
                "error": min((e for e in trainer.best_error), default=None),
@@ -144,7 +174,7 @@ def train(
         render.train_summary(summary)
     if result == "interrupted":
         render.error(f"interrupted at step {trainer.step}; continue with: nramctl train --resume {run.name}")
-        raise Abort(130)
+        raise Abort(128 + int(stop["signal"] or signal.SIGINT))
 
 
 @command("eval")
@@ -160,8 +190,9 @@ def eval_cmd(
 ):
     """Error and example error of a trained model on fresh examples."""
     from .evaluate import evaluate
+    _count(n, "--n")
     run, cfg, model, name = _model(runs_dir, run_ref)
-    M, d = _memory(cfg, M, difficulty)
+    M, d = _memory(cfg, M, difficulty, fuzzy=not discrete)
     res = evaluate(model, cfg, M, np.full(n, d), np.random.default_rng(seed), discrete)
     out = {"run": name, "task": cfg.task, "M": M, "difficulty": d, "n": n, "discrete": discrete,
            "error": float(res["error"][0]), "example_error": float(res["example_error"][0])}
@@ -184,18 +215,20 @@ def generalize(
 ):
     """Error against difficulty at a larger memory, fuzzy and discretized side by side."""
     from .evaluate import difficulty_grid, executor_generalization, generalization
+    if n is not None:
+        _count(n, "--n")
     run, cfg, model, name = _model(runs_dir, run_ref)
     t = task(cfg.task)
-    _memory(cfg, M, t.min_difficulty)
+    _memory(cfg, M, t.min_difficulty, fuzzy=not discrete)
     if difficulty is not None:
-        t.check(difficulty, M)
+        _memory(cfg, M, difficulty, fuzzy=not discrete)
         ds = [difficulty]
     else:
+        if max_difficulty is not None and max_difficulty < t.min_difficulty:
+            raise ConfigError(f"--max-difficulty {max_difficulty}: below {t.name}'s minimum {t.min_difficulty}")
         top = min(t.max_difficulty(M), max_difficulty or M)
         ds = difficulty_grid(t.min_difficulty, top) if discrete else list(range(t.min_difficulty, top + 1))
-    if not discrete and M > 400:
-        raise ConfigError(f"--M {M}: the fuzzy machine needs M x M memory per example; "
-                          "use --discrete for large M")
+        cfg.T_of(ds[-1])
     n = n or (5 if discrete and M > 1000 else 100)
     rng = np.random.default_rng(seed)
     if discrete:
@@ -228,13 +261,15 @@ def inspect_cmd(
     M, d = _memory(cfg, M, difficulty)
     if program:
         from .readable import describe
-        b, _ = example_batch(cfg, M, d, 19, seed)
+        b = example_batch(cfg, M, d, 20, seed)
         out = {"run": name, "task": cfg.task, "M": M, "difficulty": d,
                **describe(model, b.memory.tolist(), M, b.T.tolist())}
         render.emit_json(out) if json else render.program(out)
         return
-    if example < 0:
-        raise ConfigError(f"--example must be >= 0, got {example}")
+    if not 0 <= example < MAX_EXAMPLES:
+        raise ConfigError(f"--example must be between 0 and {MAX_EXAMPLES - 1:,}, got {example}")
+    check_memory(unroll_bytes(1, cfg.T_of(d), M, model.gates, model.R, model.hidden),
+                 f"a trace at M={M}, T={cfg.T_of(d)}")
     tr = {"run": name, **trace(model, cfg, M, d, example, seed)}
     if step is not None and not 1 <= step <= len(tr["steps"]):
         raise ConfigError(f"--step must be between 1 and {len(tr['steps'])}, got {step}")
@@ -331,6 +366,9 @@ def bench(
                                                 "instead (e.g. --M 1000,10000,100000,1000000).")] = False,
     baseline: Annotated[Optional[Path], typer.Option(help="Also run this naive script (shared/bench/nram_naive.py) "
                                                           "with the same flags and print the ratio.")] = None,
+    eval_memory: Annotated[bool, typer.Option("--eval-memory", help="Instead: peak memory of a fuzzy evaluation "
+                                              "of pretrained/copy at each --M (--batch examples, the largest "
+                                              "difficulty M holds), one fresh process per M.")] = False,
     json: Json = False,
 ):
     """Time full training steps (forward, backward, Adam) with all 14 gates on random data."""
@@ -344,8 +382,25 @@ def bench(
         Ms = [int(m) for m in M.split(",")]
     except ValueError:
         raise ConfigError(f"--M: expected integers, got {M!r}") from None
-    if min(Ms) < 3 or min(batch, T, R, hidden, seeds, steps) < 1:
+    if min(Ms) < 3 or min(batch, T, R, hidden, seeds, steps) < 1 or (threads is not None and threads < 1):
         raise ConfigError("--M must be >= 3 and every other size >= 1")
+    if max(Ms) > (MAX_M if discrete else FUZZY_MAX_M):
+        raise ConfigError(f"--M {max(Ms)}: at most {MAX_M if discrete else FUZZY_MAX_M:,}"
+                          + ("" if discrete else " for training steps (the fuzzy machine is M x M)"))
+    if max(batch, T, R, hidden, seeds, steps) > 10**6:
+        raise ConfigError("every size must be at most 1,000,000")
+    if not discrete:
+        from .gates import PAPER_GATES, circuit
+        for m in Ms:
+            check_memory(unroll_bytes(seeds * batch, T, m, circuit(PAPER_GATES), R, hidden),
+                         f"a training step at M={m}, T={T}, {seeds} seed(s) x batch {batch}")
+    if eval_memory:
+        if max(Ms) > FUZZY_MAX_M or min(Ms) < 3:
+            raise ConfigError(f"--M: between 3 and {FUZZY_MAX_M} for --eval-memory")
+        from .bench import bench_eval_memory
+        rows = [bench_eval_memory(m, batch) for m in Ms]
+        render.emit_json(rows) if json else render.bench_eval_memory_table(rows)
+        return
     if discrete:
         from .bench import bench_discrete
         rows = [bench_discrete(m, steps=max(steps, 1000)) for m in Ms]

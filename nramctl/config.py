@@ -1,9 +1,14 @@
 """One typed configuration tree, loaded from `tasks.yaml`, overridden, validated once, saved with a run.
 
-`tasks.yaml` has a `defaults` section (a partial TaskConfig shared by every task) and a `tasks` section
-with each task's own fields; a task's config is defaults, then the task's entry, then `--set` overrides.
+The dataclasses below hold the one set of defaults. `tasks.yaml` has a `tasks` section with each task's
+own fields, and may have a `defaults` section (a partial TaskConfig applied to every task of that file);
+a task's config is the dataclass defaults, then the file's defaults, then the task's entry, then `--set`
+overrides. Every value is checked against its range in `validate`, and so is the memory a training
+would need, before anything is allocated.
 """
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import List, Optional, get_args, get_origin, get_type_hints
@@ -41,14 +46,16 @@ class CurriculumConfig:
 
 @dataclass
 class NoiseConfig:
-    enabled: bool = True
+    # Off by default: measured on Copy (8 seeds, 1000 steps), noise at eta 0.3 or 0.01 left fewer seeds
+    # at 0 error than plain training (docs/RESULTS.md). The same holds for the entropy bonus.
+    enabled: bool = False
     eta: float = 0.3                             # sigma_t^2 = eta / (1 + t)^gamma
     gamma: float = 0.55
 
 
 @dataclass
 class EntropyConfig:
-    enabled: bool = True
+    enabled: bool = False
     coef: float = 0.05                           # coef * decay^step
     decay: float = 0.999
 
@@ -60,10 +67,11 @@ class TrainConfig:
     lr: float = 0.003
     seed: int = 0
     seeds: int = 1                               # models trained side by side: seed, seed+1, ...
-    until: str = "first"                         # with several seeds: stop when the first or all solve
+    until: str = "first"                         # with several seeds: stop when the first or all reach the target
     target_error: float = 0.0                    # stop once fresh examples score at or below this
     solve_discrete: bool = True                  # ... in the discretized machine too
-    polish_steps: int = 0                        # steps trained on after the target (sharper, longer-lived)
+    polish_steps: int = 0                        # steps trained on after the target: sharper distributions
+                                                 # generalize further
     eval_every: int = 100                        # steps between checks on fresh examples
     eval_examples: int = 500
     log_every: int = 10
@@ -104,10 +112,24 @@ def _coerce(key, value, kind):
     ok = {bool: isinstance(value, bool),
           int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, (int, float)) and not isinstance(value, bool),
-          str: isinstance(value, (str, int))}[kind]
+          str: isinstance(value, (str, int)) and not isinstance(value, bool)}[kind]
     if not ok:
-        raise ConfigError(f"{key}: expected {kind.__name__}{' or null' if optional else ''}, got {value!r}")
+        raise ConfigError(f"{key}: expected {kind.__name__}{' or null' if optional else ''}, got {_short(value)}")
+    if kind is float:
+        try:
+            value = float(value)
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {_short(value)}")
+    if kind is str and len(str(value)) > 200:
+        raise ConfigError(f"{key}: at most 200 characters, got {len(str(value))}")
     return kind(value)
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def build(cls, data, prefix="", base=None):
@@ -116,12 +138,13 @@ def build(cls, data, prefix="", base=None):
     if data is None:
         return obj
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {_short(data)}")
     hints = get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     for key, value in data.items():
         if key not in names:
-            raise ConfigError(f"unknown key '{prefix}{key}'; valid keys: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown key '{prefix}{str(key)[:60]}'; "
+                              f"valid keys: {', '.join(sorted(names))}")
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
             value = build(kind, value, f"{prefix}{key}.", getattr(obj, key))
@@ -142,41 +165,124 @@ def validate(cfg):
             raise ConfigError(f"{key}: {value!r} {why}")
     try:
         t = task(cfg.task)
-        circuit(cfg.model.gates, cfg.model.repeat)
-        cfg.T_of(cfg.difficulty)
+    except TaskError as e:
+        raise ConfigError(str(e)) from None
+    for key, lo, hi in RANGES:
+        value = _get(cfg, key)
+        if value is None:
+            continue                                  # an optional technique switched off
+        need(lo <= value <= hi, key, value, f"must be between {_num(lo)} and {_num(hi)}")
+    for key in ("train.lr", "train.log_eps", "train.entropy.decay", "train.clip_norm", "train.clip_activation"):
+        need(_get(cfg, key) is None or _get(cfg, key) > 0, key, _get(cfg, key),
+             "must be positive" + (" or null (off)" if key.startswith("train.clip") else ""))
+    m, tr, c = cfg.model, cfg.train, cfg.train.curriculum
+    need(m.controller in ("mlp", "lstm"), "model.controller", m.controller, "must be mlp or lstm")
+    need(len(m.gates) >= 1, "model.gates", m.gates, "must name at least one gate")
+    need(tr.until in ("first", "all"), "train.until", tr.until, "must be first or all")
+    need(c.p_any + c.p_upto <= 1, "train.curriculum.p_any", c.p_any, "and p_upto must sum to at most 1")
+    try:
+        circuit(m.gates, m.repeat)
         t.check(cfg.difficulty, cfg.M)
+        Ts = [cfg.T_of(n) for n in range(t.min_difficulty, cfg.difficulty + 1)]
     except (TaskError, GateError) as e:
         raise ConfigError(str(e)) from None
-    m, tr = cfg.model, cfg.train
-    need(cfg.M >= 3, "M", cfg.M, "must be at least 3")
-    need(m.R >= 1, "model.R", m.R, "must be at least 1")
-    need(m.controller in ("mlp", "lstm"), "model.controller", m.controller, "must be mlp or lstm")
-    need(m.hidden >= 1, "model.hidden", m.hidden, "must be at least 1")
-    for key in ("steps", "batch", "seeds", "eval_every", "eval_examples", "log_every", "checkpoint_every"):
-        need(getattr(tr, key) >= 1, f"train.{key}", getattr(tr, key), "must be at least 1")
-    need(tr.lr > 0, "train.lr", tr.lr, "must be positive")
-    need(tr.polish_steps >= 0, "train.polish_steps", tr.polish_steps, "must be >= 0")
-    need(tr.until in ("first", "all"), "train.until", tr.until, "must be first or all")
-    need(0 <= tr.target_error <= 1, "train.target_error", tr.target_error, "must be in [0, 1]")
-    c = tr.curriculum
-    need(c.p_any >= 0 and c.p_upto >= 0 and c.p_any + c.p_upto <= 1, "train.curriculum.p_any",
-         c.p_any, "and p_upto must be shares that sum to at most 1")
-    need(c.window >= 1, "train.curriculum.window", c.window, "must be at least 1")
-    task_name = t.name
-    cfg.task = task_name
+    cfg.task = t.name
+    check_memory(training_bytes(cfg, max(Ts)), f"training {cfg.task} at M={cfg.M}, T={max(Ts)}, "
+                 f"{tr.seeds} seed(s) x batch {tr.batch}")
     return cfg
+
+
+# Every numeric field's range (inclusive). Optional fields (None = off) are checked when set.
+RANGES = [
+    ("M", 3, 100_000), ("difficulty", 1, 1_000_000),
+    ("model.R", 1, 64), ("model.hidden", 1, 4096), ("model.repeat", 1, 16),
+    ("train.steps", 1, 10**9), ("train.batch", 1, 100_000), ("train.lr", 0, 10.0),
+    ("train.seed", 0, 2**31 - 1), ("train.seeds", 1, 4096), ("train.target_error", 0, 1),
+    ("train.polish_steps", 0, 10**9), ("train.eval_every", 1, 10**9), ("train.eval_examples", 1, 10**6),
+    ("train.log_every", 1, 10**9), ("train.checkpoint_every", 1, 10**9),
+    ("train.clip_activation", 0, 1e6), ("train.clip_norm", 0, 1e6), ("train.log_eps", 0, 0.5),
+    ("train.curriculum.threshold", 0, 1), ("train.curriculum.window", 1, 100_000),
+    ("train.curriculum.min_batches", 0, 10**9), ("train.curriculum.p_any", 0, 1),
+    ("train.curriculum.p_upto", 0, 1),
+    ("train.noise.eta", 0, 100.0), ("train.noise.gamma", 0, 10.0),
+    ("train.entropy.coef", 0, 100.0), ("train.entropy.decay", 0, 1),
+]
+
+
+def _num(x):
+    return f"{x:,}" if isinstance(x, int) else f"{x:g}"
+
+
+def _get(cfg, key):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def training_bytes(cfg, T):
+    """Memory one training step of this config holds (see `unroll_bytes`)."""
+    m = cfg.model
+    return unroll_bytes(cfg.train.seeds * cfg.train.batch, T, cfg.M, circuit(m.gates, m.repeat), m.R, m.hidden)
+
+
+def unroll_bytes(N, T, M, gates, R, hidden):
+    """Memory a training step of N examples over T timesteps holds, estimated before anything is
+    allocated: every timestep keeps each example's memory as every READ/WRITE saw it and after the
+    step (M x M float32 each) for the backward pass, plus the smaller per-step tensors and the process
+    itself (about 300 MB)."""
+    G = sum(1 for g in gates if g.memory)
+    K = R + len(gates)
+    per_step = (G + 2) * M ** 2 + (3 * K + 2 * len(gates)) * M + 4 * hidden
+    return 4 * N * T * per_step + 300 * 2 ** 20
+
+
+def memory_limit():
+    """Bytes a command may plan to use: NRAMCTL_MAX_MEMORY (bytes, or with a K/M/G suffix) if set, else
+    90% of the physical memory, or of the address-space limit (ulimit -v) if that is lower."""
+    raw = os.environ.get("NRAMCTL_MAX_MEMORY")
+    if raw:
+        units = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30}
+        try:
+            return int(float(raw[:-1]) * units[raw[-1].upper()]) if raw[-1].upper() in units else int(raw)
+        except ValueError:
+            raise ConfigError(f"NRAMCTL_MAX_MEMORY={raw!r}: expected bytes, e.g. 8G") from None
+    limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            limit = min(limit, soft)
+    except (ImportError, ValueError, OSError):
+        pass
+    return int(0.9 * limit)
+
+
+def gb(n):
+    return f"{n / 2 ** 30:.1f} GB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MB"
+
+
+def check_memory(need_bytes, what):
+    """Refuse, in one line, a computation that would need more memory than this machine allows."""
+    limit = memory_limit()
+    if need_bytes > limit:
+        raise ConfigError(f"{what} would need about {gb(need_bytes)} of memory; the limit here is "
+                          f"{gb(limit)} (fewer seeds, a smaller batch, M or T; or NRAMCTL_MAX_MEMORY)")
 
 
 def load_yaml(path):
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"{path}: invalid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
     return data
 
 
@@ -195,8 +301,8 @@ def task_config(name, path=None, overrides=()):
         raise ConfigError(str(e)) from None
     if key not in data["tasks"]:
         raise ConfigError(f"{path}: no entry for task {key!r}")
-    cfg = build(TaskConfig, data.get("defaults"))
-    cfg = build(TaskConfig, data["tasks"][key] or {}, base=cfg)
+    cfg = build(TaskConfig, data.get("defaults"), "defaults.")
+    cfg = build(TaskConfig, data["tasks"][key] or {}, f"tasks.{key}.", base=cfg)
     cfg.task = key
     cfg = apply_overrides(cfg, overrides)
     return validate(cfg)
@@ -210,8 +316,8 @@ def apply_overrides(cfg, overrides):
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: cannot read value {raw!r}") from None
+        except (yaml.YAMLError, RecursionError):
+            raise ConfigError(f"--set {key}: cannot read value {_short(raw)}") from None
         nested = value
         for part in reversed(key.strip().split(".")):
             nested = {part: nested}
@@ -223,7 +329,3 @@ def from_dict(data):
     """A config saved with a run (already resolved) back into its dataclasses."""
     return validate(build(TaskConfig, data))
 
-
-def all_task_configs(path=None):
-    from .tasks import TASKS
-    return {name: task_config(name, path) for name in TASKS}

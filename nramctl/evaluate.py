@@ -24,7 +24,7 @@ def predict(model, batch, discrete=False):
     with torch.no_grad():
         if discrete:
             return discrete_run(model, batch.memory, batch.T)[0]
-        return fuzzy_run(model, batch).pred
+        return fuzzy_run(model, batch, need_loss=False).pred
 
 
 def eval_batch(cfg, M, difficulties, rng, S):
@@ -33,10 +33,21 @@ def eval_batch(cfg, M, difficulties, rng, S):
     return concat([b] * S)
 
 
-def _tally(model, cfg, M, difficulties, rng, modes, chunk=250):
-    """Run each mode ("fuzzy", "discrete") on the same fresh examples; per seed [S] counts of wrong
-    cells and wrong examples per mode, scored cells, and examples on which the modes agree."""
+CHUNK_BYTES = 256 * 2 ** 20       # one chunk's M x M memories: peak memory stays bounded at any n and M
+
+
+def chunk_size(M, S=1, most=250):
+    """Examples per chunk: a few M x M float32 memories per row (state, next state, one-hot input,
+    the discretized run's) must fit in CHUNK_BYTES."""
+    return max(1, min(most, CHUNK_BYTES // (4 * 4 * M * M * S)))
+
+
+def _tally(model, cfg, M, difficulties, rng, modes, chunk=None):
+    """Run each mode ("fuzzy", "discrete") on the same fresh examples, in chunks of examples; per seed
+    [S] counts of wrong cells and wrong examples per mode, scored cells, and examples on which the
+    modes agree."""
     S = model.S
+    chunk = chunk or chunk_size(M, S)
     wrong = {m: 0 for m in modes}
     bad = {m: 0 for m in modes}
     scored = agree = 0

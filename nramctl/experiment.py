@@ -7,42 +7,59 @@ import math
 
 import torch
 
-from .config import from_dict, to_dict
+from .config import ConfigError, from_dict, to_dict, validate
 from .runs import RunError
 from .train import Trainer, build_model
 
 
 def new_run(store, cfg, name=None):
-    """Claim a run directory and write its config and a step-0 checkpoint (so it is resumable at
-    once); if any of that fails the directory is removed again."""
-    run = store.create(name)
+    """A new run directory with its config and a step-0 checkpoint (so it is resumable at once). It is
+    assembled under a hidden name and renamed into place complete: a failure or a kill leaves no
+    half-made run."""
+    if name is not None:
+        store.check_new_name(name)
+    run = store.stage()
     try:
         run.write_config(cfg)
         trainer = Trainer(cfg)
         save_progress(run, trainer, "running")
+        store.commit(run, name)
     except BaseException:
         store.remove(run)
         raise
     return run, trainer
 
 
-def resume(run):
-    """The trainer of an earlier run, exactly as its last checkpoint left it."""
+def resume(run, steps=None):
+    """The trainer of an earlier run, exactly as its last checkpoint left it; `steps` extends (or sets)
+    its step budget. A run whose training process is still alive is refused."""
+    st = run.status()
+    if st.get("state") == "running":
+        raise RunError(f"{run.name} is being trained by process {st.get('pid')} on {st.get('host')}; "
+                       "stop it first")
     ck = run.load("last")
     trainer = Trainer(from_dict(ck["config"]))
     try:
         trainer.load_state_dict(ck["trainer"])
     except (KeyError, RuntimeError, ValueError, TypeError):
         raise RunError(f"{run.name}: last.pt does not match its config") from None
+    if steps is not None:
+        if steps <= trainer.step:
+            raise ConfigError(f"--steps {steps}: {run.name} is already at step {trainer.step}; "
+                              "give a larger budget")
+        trainer.cfg.train.steps = steps
+        validate(trainer.cfg)
+        run.write_config(trainer.cfg)
+    run.remove_stale_temporaries()
     run.truncate_metrics(trainer.step)
     return trainer
 
 
 def seed_results(trainer):
     return [{"seed": s, "index": i, "best_error": None if math.isinf(e) else e, "best_step": b,
-             "solved_step": v}
-            for i, (s, e, b, v) in enumerate(zip(trainer.seeds, trainer.best_error, trainer.best_step,
-                                                trainer.solved_step))]
+             "solved_step": v, "nonfinite_steps": k}
+            for i, (s, e, b, v, k) in enumerate(zip(trainer.seeds, trainer.best_error, trainer.best_step,
+                                                   trainer.solved_step, trainer.nonfinite))]
 
 
 def save_progress(run, trainer, state):

@@ -154,11 +154,16 @@ def entropy(w, eps):
     return -(w * torch.log(w.clamp_min(eps))).sum(-1)
 
 
-def fuzzy_run(model, batch, clip_c=None, renorm=True, eps=1e-6, trace=False, entropy_bonus=False):
+def fuzzy_run(model, batch, clip_c=None, renorm=True, eps=1e-6, trace=False, entropy_bonus=False,
+              need_loss=True):
     """Unroll the fuzzy machine for max(T) steps and score it (SPEC sections 1 and 3).
 
     loss_n = - sum_t p_t sum_{i scored} log(max(memory^(t)[i, y_i], eps))
-    The controller's entropy is computed only with `entropy_bonus` (RunOut.entropy is None otherwise)."""
+    The controller's entropy is computed only with `entropy_bonus` (RunOut.entropy is None otherwise).
+    Without autograd (evaluation) the run is streamed: memory O(N M^2) instead of O(T N M^2), and
+    without `need_loss` it stops once every example has halted."""
+    if not torch.is_grad_enabled() and not trace and not entropy_bonus:
+        return _streamed_run(model, batch, renorm, eps, need_loss)
     state = model.initial_state(batch.memory)
     y, T = batch.target[:, :, None], batch.T
     stops, probs, memories, args_ws, regs_ws = [], [], [], [], []
@@ -190,3 +195,33 @@ def fuzzy_run(model, batch, clip_c=None, renorm=True, eps=1e-6, trace=False, ent
         if len(rows):
             pred[rows] = mem[rows].argmax(-1)
     return RunOut(loss, h, pred, halt, steps)
+
+
+def _streamed_run(model, batch, renorm, eps, need_loss):
+    """fuzzy_run without autograd, one step's memory at a time: each example's prediction is taken at
+    its halting step and the loss accumulated as the halting probabilities come in."""
+    state = model.initial_state(batch.memory)
+    y, T, N = batch.target[:, :, None], batch.T, batch.memory.shape[0]
+    dtype = state.registers.dtype
+    remaining = torch.ones(N, dtype=dtype)               # prod_{s<t} (1 - f_s)
+    loss = torch.zeros(N, dtype=dtype)
+    halted = torch.zeros(N, dtype=torch.bool)
+    halt = torch.zeros(N, dtype=torch.long)
+    pred = torch.empty_like(batch.memory)
+    for t in range(int(T.max())):
+        state, out = step(model, state, None, renorm)
+        f = out.stop
+        if need_loss:
+            ll = (torch.log(state.memory.gather(2, y).squeeze(2).clamp_min(eps)) * batch.mask).sum(-1)
+            p = torch.where(t < T - 1, f * remaining, torch.where(t == T - 1, remaining, 0.0))
+            loss -= p * ll
+            remaining = remaining * (1 - f)
+        now = ~halted & ((f > 0.5) | (t >= T - 1))
+        if now.any():
+            rows = now.nonzero()[:, 0]
+            pred[rows] = state.memory[rows].argmax(-1)
+            halt[rows] = t
+            halted |= now
+        if halted.all() and not need_loss:
+            break
+    return RunOut(loss, None, pred, halt, None)

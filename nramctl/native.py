@@ -2,14 +2,18 @@
 into the user's cache, loaded with ctypes.
 
 No compiler, a failed build, or NRAMCTL_NATIVE=0: the PyTorch circuit (`circuit.forward` and its
-backward) runs instead, with the same results. `tests/test_reference.py` checks both paths.
+backward) runs instead, with the same results. `tests/test_reference.py` checks both paths. A failed
+build prints one warning line and is remembered (a `.failed` file beside where the library would be,
+holding the compiler's message), so later processes do not retry it for the same source and compiler.
 """
 import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -41,43 +45,90 @@ def library():
     return _lib or None
 
 
+def compiler():
+    """The compiler command as a list ($CXX may carry arguments, e.g. "ccache g++"), or None."""
+    cxx = os.environ.get("CXX")
+    if cxx:
+        try:
+            words = shlex.split(cxx)
+        except ValueError:
+            words = []
+        return words if words and shutil.which(words[0]) else None
+    found = shutil.which("g++") or shutil.which("c++")
+    return [found] if found else None
+
+
+def failure():
+    """Why the kernel is not in use (None when it is, or when NRAMCTL_NATIVE=0 turned it off)."""
+    return _failure
+
+
+_failure = None
+
+
 def _build_and_load():
+    global _failure
     if os.environ.get("NRAMCTL_NATIVE", "1") == "0":
         return None
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not compiler:
+    cxx = compiler()
+    if not cxx:
+        _failure = f"no C++ compiler ({'CXX=' + os.environ['CXX'] + ' not found' if os.environ.get('CXX') else 'g++ or c++'})"
         return None
+    errors = []
     for flags in (FLAGS + ["-fopenmp"], FLAGS):      # without OpenMP the kernel runs on one thread
-        lib = _load(compiler, flags)
+        lib, err = _load(cxx, flags)
         if lib:
             return lib
+        errors.append(err)
+    _failure = errors[-1]
     return None
 
 
-def _load(compiler, flags):
+def _load(cxx, flags):
+    """(library, None), or (None, why) after a failed build or load."""
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(flags + [compiler, platform.machine()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + " ".join(flags + cxx + [platform.machine()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"kernel-{key}.so"
+    failed = target.with_suffix(".failed")
+    if failed.exists():
+        return None, f"an earlier build failed (see {failed}; delete it to retry)"
     try:
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so")
             os.close(fd)
             try:          # build beside the target, then rename: a half-built library is never loaded
-                subprocess.run([compiler, *flags, "-o", tmp, str(SOURCE)], check=True, capture_output=True,
+                subprocess.run([*cxx, *flags, "-o", tmp, str(SOURCE)], check=True, capture_output=True,
                                timeout=300)
                 os.replace(tmp, target)
+            except subprocess.CalledProcessError as e:
+                _remember(failed, cxx, flags, e.stderr.decode(errors="replace"))
+                return None, f"the build failed (see {failed})"
+            except subprocess.TimeoutExpired:
+                _remember(failed, cxx, flags, "timed out after 300 s")
+                return None, f"the build timed out (see {failed})"
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError):
-        return None
+    except OSError as e:
+        return None, f"cannot build or load {target}: {e.strerror or e}"
     p, i, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
     for s in _SUFFIX.values():
         getattr(lib, f"circuit_forward_{s}").argtypes = [p] * 11 + [i] * 5 + [p] * 3 + [i] * 2
         getattr(lib, f"circuit_backward_{s}").argtypes = [p] * 9 + [d] + [p] * 4 + [i] * 5 + [p] * 2 + [i]
-    return lib
+    return lib, None
+
+
+def _remember(failed, cxx, flags, message):
+    """Record a failed build for this source and compiler, and say so once, in one line."""
+    try:
+        failed.write_text(f"{' '.join(cxx + flags)}\n{message}")
+    except OSError:
+        pass
+    if "-fopenmp" not in flags:          # the OpenMP attempt failing alone is not worth a word
+        print(f"nramctl: warning: the compiled circuit kernel did not build ({' '.join(cxx)}; see {failed}); "
+              "using the PyTorch circuit (same results, slower)", file=sys.stderr)
 
 
 def usable(*tensors):

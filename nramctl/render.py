@@ -2,6 +2,7 @@
 import json
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -9,8 +10,17 @@ console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False)
 
 
+def _one_line(msg):
+    """A message as one printable line: control characters (a newline in a YAML key) are escaped."""
+    return escape("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(msg)))
+
+
 def error(msg):
-    errors.print(f"[bold red]error:[/] {msg}", soft_wrap=True)
+    errors.print(f"[bold red]error:[/] {_one_line(msg)}", soft_wrap=True)
+
+
+def warning(msg):
+    errors.print(f"[bold yellow]warning:[/] {_one_line(msg)}", soft_wrap=True)
 
 
 def emit_json(data):
@@ -215,6 +225,17 @@ def program(r):
             t.add_row(line)
         console.print(t)
         console.print(f"  used when {when}")
+
+
+def bench_eval_memory_table(rows):
+    t = Table(title=f"fuzzy evaluation of pretrained/copy: {rows[0]['n']} examples at the largest difficulty "
+                    "each M holds, one process per M")
+    for c in ("M", "difficulty", "T", "error", "seconds", "peak RSS MB"):
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(str(r["M"]), str(r["difficulty"]), str(r["T"]), pct(r["error"]), f"{r['seconds']:.1f}",
+                  f"{r['peak_rss_mb']:.0f}")
+    console.print(t)
 
 
 def bench_discrete_table(out):

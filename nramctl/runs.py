@@ -6,13 +6,18 @@ A run directory holds
     metrics.jsonl      one record per seed every log_every steps
     checkpoints/last.pt  everything needed to resume (model, optimizer, RNGs, curriculum, step)
     checkpoints/best.pt  each seed's best parameters on fresh examples
-Every file is written to a temporary name and renamed into place, so a crash or Ctrl-C never leaves a
-half-written file; runs are addressed as `run-3`, `run-3/seed-1`, `pretrained/copy` or `latest`.
+Every file is written to a temporary name, flushed to disk and renamed into place (and the directory
+flushed after the rename), so a crash, a power cut or Ctrl-C never leaves a half-written file; a new run
+is assembled in a hidden directory and renamed to its name only when complete. The one file appended
+to, metrics.jsonl, can lose its last line in a crash: reading drops a torn last line with a warning.
+Runs are addressed as `run-3`, `run-3/seed-1`, `pretrained/copy` or `latest`.
 """
+import errno
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -24,6 +29,7 @@ from .config import ConfigError, from_dict, to_dict
 FORMAT, VERSION = "nramctl-checkpoint", 1
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
+RESERVED = ("latest", "pretrained")          # names that address something else
 
 
 class RunError(ValueError):
@@ -36,10 +42,26 @@ def _umask():
     return mask
 
 
+def fsync_dir(path):
+    """Flush a directory entry (a rename into it) to disk; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _publish(tmp, path):
-    """Give the finished temporary file ordinary permissions, then rename it into place."""
+    """Give the finished (already fsynced) temporary file ordinary permissions, rename it into place and
+    flush the directory, so that after a power cut the path holds either the old file or the new one."""
     os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
 
 
 def atomic_write(path, data, mode="w"):
@@ -62,16 +84,30 @@ def atomic_save(obj, path):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def pid_alive(pid):
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError, TypeError):
+        return True
+    return True
+
+
 class Run:
     def __init__(self, path, name, readonly=False):
         self.path, self.name, self.readonly = Path(path), name, readonly
+        self.warnings = []                   # things a reader repaired (a torn metrics line), for the CLI
 
     # ---- files -------------------------------------------------------------------------
     @property
@@ -92,12 +128,28 @@ class Run:
         atomic_write(self.path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     def status(self):
+        """status.json; a run recorded as running whose process is gone (on this host) is reported as
+        interrupted: it died without saying so (kill -9, power cut, OOM) and resumes from last.pt."""
         try:
-            return json.loads((self.path / "status.json").read_text())
+            st = json.loads((self.path / "status.json").read_text())
         except (OSError, ValueError):
             return {"state": "unknown"}
+        if not isinstance(st, dict):
+            return {"state": "unknown"}
+        if st.get("state") == "running" and not self.alive(st):
+            st["state"] = "interrupted"
+        return st
+
+    @staticmethod
+    def alive(st):
+        """Whether the process recorded in a status is running (unknowable on another host: assumed)."""
+        if "pid" not in st:
+            return False
+        return st.get("host") != socket.gethostname() or pid_alive(st["pid"])
 
     def write_status(self, **fields):
+        fields.setdefault("pid", os.getpid())
+        fields.setdefault("host", socket.gethostname())
         atomic_write(self.path / "status.json", json.dumps(fields, indent=1))
 
     def write_json(self, name, data):
@@ -110,13 +162,41 @@ class Run:
             fh.flush()
 
     def metrics(self):
+        """The records of metrics.jsonl. A torn last line (a crash in the middle of an append) is
+        dropped with a warning; a bad line elsewhere means the file was damaged: RunError."""
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        try:
+            text = path.read_bytes().decode("utf-8", errors="replace")
+        except OSError as e:
+            raise RunError(f"{self.name}: cannot read metrics.jsonl ({e.strerror})") from None
+        lines = text.split("\n")
+        records = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict) or "step" not in rec:
+                    raise ValueError
+            except ValueError:
+                if all(not x.strip() for x in lines[i + 1:]):
+                    self.warnings.append(f"{self.name}: dropped a torn last line of metrics.jsonl "
+                                         f"(line {i + 1}, {len(line)} bytes)")
+                    break
+                raise RunError(f"{self.name}: metrics.jsonl line {i + 1} is corrupt") from None
+            records.append(rec)
+        return records
+
+    def remove_stale_temporaries(self):
+        """Delete the temporary files a killed writer left behind (never a complete file)."""
+        for folder in (self.path, self.checkpoints):
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def truncate_metrics(self, step):
-        """Drop records written after `step` (a resumed run rewrites them)."""
+        """Drop records written after `step` (a resumed run rewrites them) and any torn last line."""
         keep = [r for r in self.metrics() if r["step"] <= step]
         atomic_write(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in keep))
 
@@ -153,30 +233,53 @@ class RunStore:
         return sorted(int(m.group(1)) for p in self.root.iterdir()
                       if (m := re.fullmatch(r"run-(\d+)", p.name)) and p.is_dir())
 
-    def create(self, name=None):
-        """Claim a new run directory atomically: the next free run-N, or `name` if it is free."""
+    def stage(self):
+        """A hidden directory to assemble a new run in (`commit` gives it its name). Staging directories
+        left by processes that died are removed here."""
         self.root.mkdir(parents=True, exist_ok=True)
+        for p in self.root.glob(".new-*"):
+            m = re.fullmatch(r"\.new-(\d+)-.*", p.name)
+            if m and not pid_alive(int(m.group(1))):
+                shutil.rmtree(p, ignore_errors=True)
+        path = tempfile.mkdtemp(dir=self.root, prefix=f".new-{os.getpid()}-")
+        os.chmod(path, 0o777 & ~_umask())
+        return Run(path, "(new run)")
+
+    def commit(self, staged, name=None):
+        """Rename a complete staged run to `name`, or to the next free run-N. rename() never replaces a
+        non-empty directory, so two processes never claim the same name."""
         if name is not None:
-            self._check_name(name)
-            try:
-                (self.root / name).mkdir()
-            except FileExistsError:
-                raise RunError(f"run {name!r} already exists in {self.root}") from None
-            return Run(self.root / name, name)
+            self.check_new_name(name)
         n = (self._numbers() or [0])[-1] + 1
-        while True:                       # mkdir is atomic: two trainings never claim the same N
+        while True:
+            target = name or f"run-{n}"
             try:
-                (self.root / f"run-{n}").mkdir()
-                return Run(self.root / f"run-{n}", f"run-{n}")
-            except FileExistsError:
+                os.rename(staged.path, self.root / target)
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+                    raise
+                if name is not None:
+                    raise RunError(f"run {name!r} already exists in {self.root}") from None
                 n += 1
+                continue
+            fsync_dir(self.root)
+            staged.path, staged.name = self.root / target, target
+            return staged
 
     def remove(self, run):
         shutil.rmtree(run.path, ignore_errors=True)
 
+    def check_new_name(self, name):
+        self._check_name(name)
+        if name in RESERVED:
+            meaning = "the newest run" if name == "latest" else "the shipped models"
+            raise RunError(f"run name {name!r} is reserved (it addresses {meaning}); choose another")
+        if (self.root / name).exists():
+            raise RunError(f"run {name!r} already exists in {self.root}")
+
     def _check_name(self, name):
         if not NAME.match(name):
-            raise RunError(f"invalid run name {name!r}: use letters, digits, '-', '_' and '.' "
+            raise RunError(f"invalid run name {name[:60]!r}: use letters, digits, '-', '_' and '.' "
                            "(no path separators)")
 
     def resolve(self, ref=None):

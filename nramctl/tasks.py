@@ -172,7 +172,6 @@ class Task:
     generate: Callable           # (difficulty, M, rng) -> (memory, target, mask)
     min_M: Callable              # difficulty -> smallest memory that holds it
     min_difficulty: int
-    T: str                       # default timestep rule, an expression in n
 
     def max_difficulty(self, M):
         """The largest difficulty that M cells hold (0 if none)."""
@@ -194,16 +193,16 @@ class Task:
 
 
 TASKS = {t.name: t for t in [
-    Task("access", access, lambda n: n + 2, 1, "3"),
-    Task("increment", increment, lambda n: n + 1, 1, "n+2"),
-    Task("copy", copy, lambda n: 2 * n + 1, 1, "2*n+1"),
-    Task("reverse", reverse, lambda n: 2 * n + 1, 1, "2*n+1"),
-    Task("swap", swap, lambda n: n + 3, 2, "4"),
-    Task("permutation", permutation, lambda n: 2 * n + 1, 1, "2*n+2"),
-    Task("listk", listk, lambda n: 2 * n + 3, 1, "n+4"),
-    Task("listsearch", listsearch, lambda n: 2 * n + 3, 1, "2*n+3"),
-    Task("merge", merge, lambda n: 2 * n + 5, 1, "2*n+3"),
-    Task("walkbst", walkbst, lambda n: 4 * n + 2, 1, "2*n+3"),
+    Task("access", access, lambda n: n + 2, 1),
+    Task("increment", increment, lambda n: n + 1, 1),
+    Task("copy", copy, lambda n: 2 * n + 1, 1),
+    Task("reverse", reverse, lambda n: 2 * n + 1, 1),
+    Task("swap", swap, lambda n: n + 3, 2),
+    Task("permutation", permutation, lambda n: 2 * n + 1, 1),
+    Task("listk", listk, lambda n: 2 * n + 3, 1),
+    Task("listsearch", listsearch, lambda n: 2 * n + 3, 1),
+    Task("merge", merge, lambda n: 2 * n + 5, 1),
+    Task("walkbst", walkbst, lambda n: 4 * n + 2, 1),
 ]}
 
 
@@ -218,16 +217,29 @@ _ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Add, ast.Sub, ast.Mult, 
             ast.USub, ast.Constant, ast.Name, ast.Load)
 
 
+T_MAX = 10_000_000     # timesteps: beyond this a rule is a typo (the discrete executor at n = 10^6 uses 2*10^6)
+
+
 def timestep_rule(expr):
-    """Compile a rule such as '2*n+1' into n -> T (an int >= 1); only n, integers and + - * //."""
+    """Compile a rule such as '2*n+1' into n -> T (an int from 1 to T_MAX); only n, integers and
+    + - * //. A rule that divides by zero or exceeds T_MAX at some n raises TaskError there."""
     try:
         tree = ast.parse(str(expr), mode="eval")
-    except SyntaxError:
-        raise TaskError(f"bad timestep rule {expr!r}: write an expression in n such as '2*n+1'")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        raise TaskError(f"bad timestep rule {str(expr)[:60]!r}: write an expression in n such as '2*n+1'")
     for node in ast.walk(tree):
         bad = not isinstance(node, _ALLOWED) or (isinstance(node, ast.Name) and node.id != "n") \
             or (isinstance(node, ast.Constant) and type(node.value) is not int)
         if bad:
             raise TaskError(f"bad timestep rule {expr!r}: only n, integers and + - * // are allowed")
     code = compile(tree, "<T rule>", "eval")
-    return lambda n: max(1, int(eval(code, {"__builtins__": {}}, {"n": int(n)})))
+
+    def rule(n):
+        try:
+            T = int(eval(code, {"__builtins__": {}}, {"n": int(n)}))
+        except ZeroDivisionError:
+            raise TaskError(f"timestep rule {expr!r} divides by zero at n={n}") from None
+        if T > T_MAX:
+            raise TaskError(f"timestep rule {expr!r} gives T={T:,} at n={n}; at most {T_MAX:,} allowed")
+        return max(1, T)
+    return rule

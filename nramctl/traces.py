@@ -5,13 +5,21 @@ import torch
 from .data import make_batch
 from .machine import fuzzy_run
 from .program import source_names
+from .tasks import task
 
 
-def example_batch(cfg, M, difficulty, example, seed):
-    """Example number `example` of the stream drawn with `seed` (so the same arguments show the same
-    example every time)."""
-    rng = np.random.default_rng([seed, 2])
-    return make_batch(cfg.task, M, [difficulty] * (example + 1), rng, cfg.T), example
+def example_batch(cfg, M, difficulty, count, seed):
+    """The first `count` examples of the stream drawn with `seed` (so the same arguments show the same
+    examples every time)."""
+    return make_batch(cfg.task, M, [difficulty] * count, np.random.default_rng([seed, 2]), cfg.T)
+
+
+def nth_example(cfg, M, difficulty, example, seed):
+    """Example number `example` of that stream alone, as a batch of one."""
+    rng, t = np.random.default_rng([seed, 2]), task(cfg.task)
+    for _ in range(example):
+        t.sample(difficulty, M, rng)
+    return make_batch(cfg.task, M, [difficulty], rng, cfg.T)
 
 
 def _value(dist):
@@ -22,7 +30,7 @@ def _value(dist):
 
 def trace(model, cfg, M, difficulty, example=0, seed=0):
     """Run the fuzzy machine on one example and describe every step."""
-    batch, i = example_batch(cfg, M, difficulty, example, seed)
+    batch, i = nth_example(cfg, M, difficulty, example, seed), 0
     with torch.no_grad():
         out = fuzzy_run(model, batch, trace=True)
     names = source_names(model)

@@ -1,8 +1,10 @@
 """The paper's training method (SPEC section 2), for S seeds trained as one batched computation.
 
 Each seed has its own initial weights, data stream, curriculum level, gradient-noise stream, norm clip
-and best snapshot; only the arithmetic is shared. The loop knows nothing of files or terminals: it
-reports through callbacks, and `Trainer.state_dict()` holds everything needed to resume bit for bit.
+and best snapshot; only the arithmetic is shared. A seed whose loss or gradient turns NaN or Inf is
+rolled back to its state before that step (weights and optimizer moments) and trains on from there with
+the next batch; the other seeds are untouched. The loop knows nothing of files or terminals: it reports
+through callbacks, and `Trainer.state_dict()` holds everything needed to resume bit for bit.
 """
 import time
 
@@ -42,6 +44,7 @@ class Trainer:
         self.best_error = [float("inf")] * self.S
         self.best_step = [None] * self.S
         self.solved_step = [None] * self.S
+        self.nonfinite = [0] * self.S                 # steps rolled back because of NaN / Inf
         self.best_params = {k: v.detach().clone() for k, v in self.model.named_parameters()}
         self._reset_log()
 
@@ -65,28 +68,65 @@ class Trainer:
             obj = obj - coef * out.entropy.view(self.S, -1).mean(1).sum()
         self.opt.zero_grad(set_to_none=False)
         obj.backward()
-        self._clip_and_noise()
+        # checked before clipping and noise mix a gradient; Adam's bounded update cannot turn finite
+        # weights non-finite, so a finite loss and gradient leave a seed finite
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        sq = sum(p.grad.pow(2).flatten(1).sum(1) for p in params)             # [S] squared norms
+        bad = ~(torch.isfinite(per_seed.detach()) & torch.isfinite(sq))
+        before = self._snapshot(bad) if bad.any() else None
+        self._clip_and_noise(params, sq)
         self.opt.step()
+        if before is not None:
+            self._restore(before, bad)
         self._hold_solved()
         self.step += 1
         err = score(out.pred, b, self.S)
-        self._advance(out.pred, b)
-        return per_seed.detach(), err
+        self._advance(out.pred, b, bad)
+        return per_seed.detach(), err, bad
 
-    def _advance(self, pred, b):
-        """Curriculum decisions use each seed's error on the examples at or below its level."""
+    def _finite_weights(self):
+        """[S] bool: every weight of the seed is finite."""
+        ok = torch.ones(self.S, dtype=torch.bool)
+        for p in self.model.parameters():
+            ok &= torch.isfinite(p.detach()).flatten(1).all(1)
+        return ok
+
+    def _snapshot(self, bad):
+        """The weights and Adam moments of the seeds in `bad` before the update."""
+        return [(p.detach()[bad].clone(), {k: v[bad].clone() for k, v in self.opt.state.get(i, {}).items()
+                                           if torch.is_tensor(v) and v.dim() > 0})
+                for i, p in enumerate(self.model.parameters())]
+
+    def _restore(self, before, bad):
+        """Roll the seeds in `bad` back to their state before this step."""
+        with torch.no_grad():
+            for i, (p, (w, moments)) in enumerate(zip(self.model.parameters(), before)):
+                p[bad] = w
+                for k, v in moments.items():
+                    self.opt.state[i][k][bad] = v
+                if not moments and i in self.opt.state:    # the very first update: no moments yet
+                    for k, v in self.opt.state[i].items():
+                        if torch.is_tensor(v) and v.dim() > 0:
+                            v[bad] = 0
+        for s in bad.nonzero()[:, 0].tolist():
+            self.nonfinite[s] += 1
+
+    def _advance(self, pred, b, bad):
+        """Curriculum decisions use each seed's error on the examples at or below its level (a step
+        rolled back for NaN / Inf does not count)."""
         wrong = ((pred != b.target) & b.mask).sum(1).view(self.S, -1)
         scored = b.mask.sum(1).view(self.S, -1)
         d = b.difficulty.view(self.S, -1)
         for s, c in enumerate(self.curricula):
+            if bad[s]:
+                continue
             at = d[s] <= c.level
             c.update(float(wrong[s][at].sum()) / max(int(scored[s][at].sum()), 1))
 
-    def _clip_and_noise(self):
+    def _clip_and_noise(self, params, sq):
+        """Each seed's gradient scaled to norm at most clip_norm (sq: [S] squared norms), then noise."""
         tr = self.cfg.train
-        params = [p for p in self.model.parameters() if p.grad is not None]
         if tr.clip_norm:
-            sq = sum(p.grad.pow(2).flatten(1).sum(1) for p in params)          # [S]
             scale = (tr.clip_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
             for p in params:
                 p.grad.mul_(scale.view(-1, *[1] * (p.dim() - 1)))
@@ -123,9 +163,12 @@ class Trainer:
             res = {"error": np.maximum(res["error"], res["discrete_error"])}
         else:
             res = evaluate(self.model, cfg, cfg.M, d, rng)
+        finite = self._finite_weights()
         for s in range(self.S):
             if self.solved_step[s] is not None and self.step > self.solved_step[s] + tr.polish_steps:
                 continue                                      # finished before this check
+            if not finite[s]:
+                continue                                      # never keep a non-finite model
             e = float(res["error"][s])
             polishing = self.solved_step[s] is not None
             if (e < self.best_error[s]) if not polishing else (e <= tr.target_error):
@@ -159,7 +202,8 @@ class Trainer:
         self.model.load_state_dict(params)
         self.opt = Adam(self.model.parameters(), lr=self.cfg.train.lr)
         self.opt.load_state_dict(state)
-        for name in ("curricula", "data_rngs", "noise_gens", "best_error", "best_step", "solved_step"):
+        for name in ("curricula", "data_rngs", "noise_gens", "best_error", "best_step", "solved_step",
+                     "nonfinite"):
             setattr(self, name, pick(getattr(self, name)))
         self.best_params = {k: pick(v).clone() for k, v in self.best_params.items()}
         self._acc = {k: (pick(v) if isinstance(v, np.ndarray) else v) for k, v in self._acc.items()}
@@ -167,7 +211,7 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------
     def _reset_log(self):
         self._acc = {"loss": np.zeros(self.S), "error": np.zeros(self.S), "n": 0,
-                     "time": 0.0}
+                     "time": 0.0, "nonfinite": np.zeros(self.S, dtype=np.int64)}
 
     def run(self, on_log=None, on_checkpoint=None, should_stop=lambda: False):
         """Train until every seed is solved, the budget is spent, or should_stop() says so.
@@ -178,10 +222,11 @@ class Trainer:
             if should_stop():
                 return "interrupted"
             t0 = time.perf_counter()
-            loss, err = self.train_step()
+            loss, err, bad = self.train_step()
             a = self._acc
-            a["loss"] += loss.numpy()
+            a["loss"] += np.where(bad.numpy(), 0.0, loss.numpy())
             a["error"] += err.numpy()
+            a["nonfinite"] += bad.numpy()
             a["n"] += 1
             a["time"] += time.perf_counter() - t0
             evaluated = None
@@ -208,6 +253,8 @@ class Trainer:
                 r["eval_error"] = float(evaluated[s])
             if self.solved_step[s] is not None:
                 r["solved_step"] = self.solved_step[s]
+            if a["nonfinite"][s]:
+                r["nonfinite_rolled_back"] = int(a["nonfinite"][s])   # steps undone since the last record
             recs.append(r)
         self._reset_log()
         return recs
@@ -220,9 +267,10 @@ class Trainer:
             "data_rngs": [rng_state(r) for r in self.data_rngs],
             "noise_gens": [g.get_state() for g in self.noise_gens],
             "best_error": self.best_error, "best_step": self.best_step,
-            "solved_step": self.solved_step, "best_params": self.best_params,
+            "solved_step": self.solved_step, "best_params": self.best_params, "nonfinite": self.nonfinite,
             "log": {"loss": self._acc["loss"].tolist(), "error": self._acc["error"].tolist(),
-                    "n": self._acc["n"], "time": self._acc["time"]},
+                    "n": self._acc["n"], "time": self._acc["time"],
+                    "nonfinite": self._acc["nonfinite"].tolist()},
         }
 
     def load_state_dict(self, d):
@@ -236,7 +284,9 @@ class Trainer:
             g.set_state(st)
         self.best_error, self.best_step = list(d["best_error"]), list(d["best_step"])
         self.solved_step = list(d["solved_step"])
+        self.nonfinite = list(d.get("nonfinite", [0] * self.S))
         self.best_params = d["best_params"]
         log = d["log"]
         self._acc = {"loss": np.array(log["loss"]), "error": np.array(log["error"]),
-                     "n": int(log["n"]), "time": float(log["time"])}
+                     "n": int(log["n"]), "time": float(log["time"]),
+                     "nonfinite": np.array(log.get("nonfinite", [0] * self.S), dtype=np.int64)}

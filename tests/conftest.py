@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -18,5 +19,7 @@ def backend(request, monkeypatch):
     if request.param == "torch":
         monkeypatch.setattr(native, "_lib", False)
     elif native.library() is None:
+        if native.compiler() and os.environ.get("NRAMCTL_NATIVE", "1") != "0":
+            pytest.fail(f"a C++ compiler is here but the circuit kernel is unavailable: {native.failure()}")
         pytest.skip("no C++ compiler: the compiled circuit kernel is unavailable")
     return request.param

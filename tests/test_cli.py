@@ -93,8 +93,10 @@ def last_metrics(root, name):
     return recs
 
 
-def test_interrupt_and_resume_match_an_uninterrupted_run(cli):
-    """Ctrl-C (SIGINT) leaves a resumable checkpoint; the resumed run ends like an uninterrupted one."""
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_and_resume_match_an_uninterrupted_run(cli, sig, code):
+    """Ctrl-C (SIGINT) and a scheduler's SIGTERM leave a resumable checkpoint; the resumed run ends
+    like an uninterrupted one."""
     args = ["copy", "--M", 9, "--difficulty", 3, "--steps", 60, *FAST, "--set", "train.log_every=2"]
     assert cli("train", *args, "--name", "whole").exit_code == 0
     # same thread count as this process (conftest): float sums are identical only then
@@ -106,9 +108,9 @@ def test_interrupt_and_resume_match_an_uninterrupted_run(cli):
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert b"nramctl train --resume cut" in err and b"Traceback" not in err
     status = json.loads((cli.root / "cut" / "status.json").read_text())
     assert status["state"] == "interrupted" and 0 < status["step"] < 60
