@@ -10,17 +10,19 @@ import numpy as np
 import typer
 
 from . import render
-from .config import ConfigError, check_memory, task_config, unroll_bytes
+from .config import ConfigError, check_memory, task_config, to_dict, unroll_bytes
 from .experiment import load_model, new_run, resume, seed_results, train as train_run
 from .gates import GateError
 from .runtime import keep_freed_memory
 from .runs import RunError, RunStore
 from .tasks import TASKS, TaskError, task
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+app = typer.Typer(pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Train, evaluate, generalize and inspect Neural Random-Access Machines.")
 tasks_app = typer.Typer(help="List the tasks, or show generated examples.", invoke_without_command=True)
 app.add_typer(tasks_app, name="tasks")
+runs_app = typer.Typer(help="List, show and delete runs.", invoke_without_command=True)
+app.add_typer(runs_app, name="runs")
 
 USAGE_ERRORS = (ConfigError, TaskError, GateError, RunError)
 
@@ -35,7 +37,24 @@ class Abort(Exception):
 # Options shared by several commands, declared once.
 RunsDir = Annotated[Path, typer.Option("--runs-dir", envvar="NRAMCTL_RUNS_DIR", help="Where runs live.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
-RunRef = Annotated[Optional[str], typer.Argument(help="run-N, run-N/seed-K, pretrained/TASK or latest.")]
+def complete_tasks(incomplete: str):
+    return [t for t in TASKS if t.startswith(incomplete)]
+
+
+def complete_runs(incomplete: str):
+    """Run names for shell completion: the runs directory ($NRAMCTL_RUNS_DIR or ./runs), latest, and
+    the shipped models."""
+    import os
+    from .runs import PRETRAINED
+    store = RunStore(os.environ.get("NRAMCTL_RUNS_DIR", "runs"))
+    names = [r.name for r in store.runs()] + ["latest"]
+    if PRETRAINED.is_dir():
+        names += [f"pretrained/{p.name}" for p in sorted(PRETRAINED.iterdir()) if p.is_dir()]
+    return [n for n in names if n.startswith(incomplete)]
+
+
+RunRef = Annotated[Optional[str], typer.Argument(help="run-N, run-N/seed-K, pretrained/TASK or latest.",
+                                                 autocompletion=complete_runs)]
 MemOpt = Annotated[Optional[int], typer.Option("--M", help="Memory size (default: the run's).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the fresh examples.")]
 
@@ -104,7 +123,8 @@ def _count(value, flag, most=MAX_EXAMPLES):
 
 @command()
 def train(
-    task_name: Annotated[Optional[str], typer.Argument(metavar="TASK", help="One of: " + ", ".join(TASKS))] = None,
+    task_name: Annotated[Optional[str], typer.Argument(metavar="TASK", help="One of: " + ", ".join(TASKS),
+                                                       autocompletion=complete_tasks)] = None,
     M: Annotated[Optional[int], typer.Option(
         "--M", help="Memory size (alone, it caps the difficulty at the largest this M holds).")] = None,
     difficulty: Annotated[Optional[int], typer.Option(help="Largest difficulty trained on.")] = None,
@@ -114,7 +134,10 @@ def train(
     name: Annotated[Optional[str], typer.Option(help="Run name (default: the next run-N).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
     set_: Annotated[List[str], typer.Option("--set", help="Override a field: key=value.")] = [],
-    resume_run: Annotated[Optional[str], typer.Option("--resume", help="Continue an earlier run.")] = None,
+    resume_run: Annotated[Optional[str], typer.Option("--resume", help="Continue an earlier run.",
+                                                      autocompletion=complete_runs)] = None,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also write TensorBoard events "
+                                              "(runs/run-N/tensorboard/seed-K).")] = False,
     runs_dir: RunsDir = Path("runs"),
     json: Json = False,
 ):
@@ -132,7 +155,14 @@ def train(
         run, _ = store.resolve(resume_run)
         if run.readonly:
             raise RunError(f"{run.name} is read-only")
+        if tensorboard:
+            _tensorboard_available()
         trainer = resume(run, steps)
+        if tensorboard and not trainer.cfg.train.tensorboard:
+            from . import tboard
+            trainer.cfg.train.tensorboard = True
+            run.write_config(trainer.cfg)
+            tboard.export(run)
         for w in run.warnings:
             render.warning(w)
     else:
@@ -142,9 +172,12 @@ def train(
             # --M alone: train at the task's difficulty, or at the largest one this M holds
             t = _fits(task(task_name), M)
             difficulty = min(task_config(task_name, config, set_).difficulty, t.max_difficulty(M))
-        flags = {"M": M, "difficulty": difficulty, "train.steps": steps, "train.seed": seed, "train.seeds": seeds}
+        flags = {"M": M, "difficulty": difficulty, "train.steps": steps, "train.seed": seed, "train.seeds": seeds,
+                 "train.tensorboard": "true" if tensorboard else None}
         overrides = list(set_) + [f"{k}={v}" for k, v in flags.items() if v is not None]
         cfg = task_config(task_name, config, overrides)
+        if cfg.train.tensorboard:
+            _tensorboard_available()
         run, trainer = new_run(store, cfg, name)
 
     # Ctrl-C and SIGTERM (what cluster schedulers send) finish the step, save a resumable checkpoint
@@ -175,6 +208,14 @@ def train(
     if result == "interrupted":
         render.error(f"interrupted at step {trainer.step}; continue with: nramctl train --resume {run.name}")
         raise Abort(128 + int(stop["signal"] or signal.SIGINT))
+
+
+def _tensorboard_available():
+    from .tboard import TensorBoardMissing, require
+    try:
+        require()
+    except TensorBoardMissing as e:
+        raise ConfigError(str(e)) from None
 
 
 @command("eval")
@@ -319,12 +360,104 @@ def reproduce(
 
 
 @command()
+def plot(
+    run_ref: RunRef = None,
+    what: Annotated[str, typer.Option(help="learning, execution, generalization or gates.")] = "learning",
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="PNG file (default: the run's "
+                                                   "plots/WHAT.png; needed for read-only runs).")] = None,
+    example: Annotated[int, typer.Option(help="Which example of the stream (execution, gates).")] = 0,
+    difficulty: Annotated[Optional[int], typer.Option(help="Difficulty of the example.")] = None,
+    M: MemOpt = None,
+    step: Annotated[Optional[int], typer.Option(help="gates: this step only (default: the example's mean).")] = None,
+    seed: Seed = 0,
+    runs_dir: RunsDir = Path("runs"),
+    json: Json = False,
+):
+    """Draw a run as a PNG: learning curves, one execution, generalization, or the gates' attention."""
+    from . import plots
+    if what not in plots.KINDS:
+        raise ConfigError(f"--what {what!r}: one of {', '.join(plots.KINDS)}")
+    run, _ = RunStore(runs_dir).resolve(run_ref)
+    if output is None and run.readonly:
+        raise ConfigError(f"{run.name} is read-only: give -o FILE.png")
+    path = output or run.path / "plots" / f"{what}.png"
+    if not path.parent.is_dir() and output is not None:
+        raise ConfigError(f"-o {output}: folder {output.parent} does not exist")
+    try:
+        if what == "learning":
+            records = run.metrics()
+            if not records:
+                raise ConfigError(f"{run.name} has no metrics to draw (a shipped model keeps none)")
+            plots.draw_learning(plots.learning_data(records), run.name, path)
+        else:
+            _, cfg, model, name = _model(runs_dir, run_ref)
+            if what == "generalization":
+                plots.draw_generalization(_generalization_for_plot(run, cfg, model, name, M), name, path)
+            else:
+                if not 0 <= example < MAX_EXAMPLES:
+                    raise ConfigError(f"--example must be between 0 and {MAX_EXAMPLES - 1:,}, got {example}")
+                Mx, d = _memory(cfg, M, difficulty)
+                if what == "execution":
+                    data = plots.execution_data(model, cfg, Mx, d, example, seed)
+                    plots.draw_execution(data, f"{name}: {cfg.task}, example {example}", path)
+                else:
+                    data = plots.gates_data(model, cfg, Mx, d, example, seed, step)
+                    plots.draw_gates(data, name, path)
+    except plots.PlotError as e:
+        raise ConfigError(str(e)) from None
+    out = {"run": run.name, "what": what, "path": str(path)}
+    render.emit_json(out) if json else render.console.print(f"wrote {path}")
+
+
+def _generalization_for_plot(run, cfg, model, name, M):
+    """The saved `generalize` results at M (or the largest saved M); computed (and saved) if none."""
+    import json as jsonlib
+    saved = {}
+    for f in run.path.glob("generalize-M*.json"):
+        if not f.name.endswith("-discrete.json"):
+            try:
+                saved[int(f.stem[len("generalize-M"):])] = f
+            except ValueError:
+                continue
+    pick = M if M is not None else (max(saved) if saved else 50)
+    if pick in saved:
+        try:
+            return jsonlib.loads(saved[pick].read_text())
+        except ValueError:
+            pass
+    from .evaluate import generalization
+    t = task(cfg.task)
+    _memory(cfg, pick, t.min_difficulty)
+    ds = list(range(t.min_difficulty, t.max_difficulty(pick) + 1))
+    out = {"run": name, "task": cfg.task, "M": pick, "n": 100, "discrete_only": False,
+           "rows": generalization(model, cfg, pick, 100, np.random.default_rng(12345), ds)}
+    if not run.readonly:
+        run.write_json(f"generalize-M{pick}.json", out)
+    return out
+
+
+@command()
 def export(
     run_ref: RunRef = None,
-    python: Annotated[Path, typer.Option("--python", help="Write a standalone Python program here.")] = ...,
+    python: Annotated[Optional[Path], typer.Option("--python", help="Write a standalone Python program here.")] = None,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Write the run's TensorBoard events from "
+                                              "its metrics (runs/run-N/tensorboard).")] = False,
     runs_dir: RunsDir = Path("runs"),
 ):
-    """Write a feed-forward model's learned algorithm as standalone Python (no torch needed)."""
+    """Write a feed-forward model's learned algorithm as standalone Python (no torch needed), or a
+    run's TensorBoard events."""
+    if (python is None) == (not tensorboard):
+        raise ConfigError("give one of --python FILE or --tensorboard")
+    if tensorboard:
+        from . import tboard
+        run, _ = RunStore(runs_dir).resolve(run_ref)
+        if run.readonly:
+            raise RunError(f"{run.name} is read-only (and keeps no metrics)")
+        if not run.metrics():
+            raise RunError(f"{run.name} has no metrics to export")
+        path = tboard.export(run)
+        render.console.print(f"wrote {path}: view with tensorboard --logdir {run.path.parent}")
+        return
     from .readable import export_python
     from .runs import atomic_write
     run, cfg, model, name = _model(runs_dir, run_ref)
@@ -338,17 +471,64 @@ def export(
     render.console.print(f"wrote {python}: call run(memory, T) on a list of {cfg.M}-or-more ints")
 
 
-@command()
-def runs(runs_dir: RunsDir = Path("runs"), json: Json = False):
+@runs_app.callback()
+@exits
+def runs(
+    ctx: typer.Context,
+    task_name: Annotated[Optional[str], typer.Option("--task", help="Only runs of this task.")] = None,
+    state: Annotated[Optional[str], typer.Option(help="Only runs in this state (running, interrupted, "
+                                                      "solved, budget).")] = None,
+    csv: Annotated[bool, typer.Option("--csv", help="Print CSV for spreadsheets.")] = False,
+    runs_dir: RunsDir = Path("runs"),
+    json: Json = False,
+):
     """A table of runs."""
-    rows = []
-    for run in RunStore(runs_dir).runs():
-        st = run.status()
-        errs = [s["best_error"] for s in st.get("seeds", []) if s.get("best_error") is not None]
-        rows.append({"name": run.name, "task": st.get("task", "?"), "M": st.get("M"),
-                     "steps": st.get("step"), "best_error": min(errs) if errs else None,
-                     "state": st.get("state", "unknown"), "seeds": len(st.get("seeds", []))})
-    render.emit_json(rows) if json else render.runs_table(rows)
+    if ctx.invoked_subcommand:
+        return
+    if task_name is not None:
+        task_name = task(task_name).name
+    rows = [r for r in RunStore(runs_dir).table()
+            if (task_name is None or r["task"] == task_name) and (state is None or r["state"] == state)]
+    if json:
+        render.emit_json(rows)
+    elif csv:
+        render.emit_csv(rows)
+    else:
+        render.runs_table(rows)
+
+
+@command("show", group=runs_app)
+def runs_show(run_ref: RunRef = None, runs_dir: RunsDir = Path("runs"), json: Json = False):
+    """A run's config, environment, per-seed results and files."""
+    run, _ = RunStore(runs_dir).resolve(run_ref)
+    st = run.status()
+    out = {"run": run.name, "path": str(run.path), "state": st.get("state", "unknown"),
+           "step": st.get("step"), "config": to_dict(run.config()),
+           "environment": run.read_json("environment.json"), "seeds": st.get("seeds", []),
+           "files": run.files()}
+    render.emit_json(out) if json else render.run_show(out)
+
+
+@command("rm", group=runs_app)
+def runs_rm(
+    run_ref: Annotated[str, typer.Argument(metavar="RUN", help="run-N or a run's name.",
+                                           autocompletion=complete_runs)],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    runs_dir: RunsDir = Path("runs"),
+):
+    """Delete a run (refused while it trains)."""
+    store = RunStore(runs_dir)
+    run, seed = store.resolve(run_ref)
+    if run.readonly or seed is not None:
+        raise RunError(f"{run_ref}: only a whole run in {store.root} can be deleted")
+    st = run.status()
+    if st.get("state") == "running":
+        raise RunError(f"{run.name} is being trained by process {st.get('pid')} on {st.get('host')}; "
+                       "stop it first")
+    if not yes and not typer.confirm(f"delete {run.path} ({len(run.files())} files)?", default=False):
+        raise Abort(1)
+    store.remove(run)
+    render.console.print(f"deleted {run.path}")
 
 
 @command()

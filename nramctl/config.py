@@ -76,6 +76,7 @@ class TrainConfig:
     eval_examples: int = 500
     log_every: int = 10
     checkpoint_every: int = 200
+    tensorboard: bool = False                    # also write TensorBoard events (runs/run-N/tensorboard)
     clip_activation: Optional[float] = 10.0      # C1, None = off
     clip_norm: Optional[float] = 1.0             # C2, None = off
     renormalize: bool = True

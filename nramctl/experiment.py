@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from . import records
 from .config import ConfigError, from_dict, to_dict, validate
 from .runs import RunError
 from .train import Trainer, build_model
@@ -23,6 +24,7 @@ def new_run(store, cfg, name=None):
         run.write_config(cfg)
         trainer = Trainer(cfg)
         save_progress(run, trainer, "running")
+        records.start_session(run)
         store.commit(run, name)
     except BaseException:
         store.remove(run)
@@ -52,6 +54,10 @@ def resume(run, steps=None):
         run.write_config(trainer.cfg)
     run.remove_stale_temporaries()
     run.truncate_metrics(trainer.step)
+    if trainer.cfg.train.tensorboard:
+        from . import tboard
+        tboard.export(run)                     # the events again as far as the checkpoint: no step twice
+    records.start_session(run)
     return trainer
 
 
@@ -72,15 +78,32 @@ def save_progress(run, trainer, state):
 
 
 def train(run, trainer, on_log=None, should_stop=lambda: False):
-    """Train to the end (or until should_stop), writing metrics and checkpoints as it goes."""
-    def log(records):
-        run.append_metrics(records)
-        if on_log:
-            on_log(records)
+    """Train to the end (or until should_stop), writing metrics (and TensorBoard events) and
+    checkpoints as it goes."""
+    board = None
+    if trainer.cfg.train.tensorboard:
+        from . import tboard
+        board = tboard.Writer(run)
 
-    result = trainer.run(on_log=log, on_checkpoint=lambda t: save_progress(run, t, "running"),
-                         should_stop=should_stop)
-    save_progress(run, trainer, result)
+    def log(recs):
+        run.append_metrics(recs)
+        if board:
+            board.log(recs)
+        if on_log:
+            on_log(recs)
+
+    def checkpoint(t):
+        save_progress(run, t, "running")
+        if board:
+            board.flush()
+
+    try:
+        result = trainer.run(on_log=log, on_checkpoint=checkpoint, should_stop=should_stop)
+        save_progress(run, trainer, result)
+    finally:
+        if board:
+            board.close()
+        records.end_session(run)
     return result
 
 

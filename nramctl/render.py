@@ -27,6 +27,49 @@ def emit_json(data):
     print(json.dumps(data, indent=1))
 
 
+def emit_csv(rows):
+    import csv
+    import sys
+    if not rows:
+        return
+    w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+
+
+def run_show(r):
+    console.print(f"[bold]{escape(r['run'])}[/] ({escape(r['path'])}): {r['state']} at step {r['step']}")
+    env = r["environment"] or {}
+    t = Table(title="environment", show_header=False, title_justify="left")
+    t.add_column("")
+    t.add_column("")
+    for k in ("nramctl", "git_commit", "python", "torch", "numpy", "threads", "circuit", "cpu", "host",
+              "command", "started", "ended"):
+        if k in env:
+            t.add_row(k, escape(str(env[k])))
+    for i, sess in enumerate(env.get("sessions", [])[1:], start=2):
+        t.add_row(f"session {i}", escape(f"{sess.get('command')} ({sess.get('started')} - {sess.get('ended')})"))
+    console.print(t)
+    cfg = r["config"]
+    console.print(f"config: {cfg['task']}, M={cfg['M']}, T={cfg['T']}, difficulty {cfg['difficulty']}, "
+                  f"{cfg['model']['controller']} H={cfg['model']['hidden']} R={cfg['model']['R']}, "
+                  f"{len(cfg['model']['gates'])} gates, lr {cfg['train']['lr']}, batch {cfg['train']['batch']}, "
+                  f"steps {cfg['train']['steps']}")
+    s = Table(title="seeds", title_justify="left")
+    for c in ("seed", "best error", "at step", "reached 0 at", "NaN/Inf steps"):
+        s.add_column(c, justify="right")
+    for x in r["seeds"]:
+        s.add_row(str(x["seed"]), pct(x.get("best_error")), str(x.get("best_step")), str(x.get("solved_step") or "-"),
+                  str(x.get("nonfinite_steps", 0)))
+    console.print(s)
+    f = Table(title="files", title_justify="left")
+    f.add_column("path")
+    f.add_column("bytes", justify="right")
+    for x in r["files"]:
+        f.add_row(escape(x["path"]), f"{x['bytes']:,}")
+    console.print(f)
+
+
 def pct(x):
     return "-" if x is None else f"{100 * x:.2f}%"
 

@@ -155,6 +155,18 @@ class Run:
     def write_json(self, name, data):
         atomic_write(self.path / name, json.dumps(data, indent=1))
 
+    def read_json(self, name):
+        """A JSON file of the run, or None if it is missing or unreadable."""
+        try:
+            return json.loads((self.path / name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def files(self):
+        """Every file of the run: [{path (relative), bytes}]."""
+        return [{"path": str(p.relative_to(self.path)), "bytes": p.stat().st_size}
+                for p in sorted(self.path.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+
     def append_metrics(self, records):
         with open(self.path / "metrics.jsonl", "a") as fh:
             for r in records:
@@ -312,6 +324,19 @@ class RunStore:
         if not path.is_dir():
             raise RunError(f"no run {name!r} in {self.root}")
         return Run(path, name), seed
+
+    def table(self):
+        """One row per run: name, task, M, steps, best_error, state, seeds, started."""
+        rows = []
+        for run in self.runs():
+            st = run.status()
+            env = run.read_json("environment.json") or {}
+            errs = [s["best_error"] for s in st.get("seeds", []) if s.get("best_error") is not None]
+            rows.append({"name": run.name, "task": st.get("task", "?"), "M": st.get("M"),
+                         "steps": st.get("step"), "best_error": min(errs) if errs else None,
+                         "state": st.get("state", "unknown"), "seeds": len(st.get("seeds", [])),
+                         "started": env.get("started")})
+        return rows
 
     def runs(self):
         if not self.root.is_dir():

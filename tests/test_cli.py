@@ -114,6 +114,9 @@ def test_interrupt_and_resume_match_an_uninterrupted_run(cli, sig, code):
     assert b"nramctl train --resume cut" in err and b"Traceback" not in err
     status = json.loads((cli.root / "cut" / "status.json").read_text())
     assert status["state"] == "interrupted" and 0 < status["step"] < 60
+    env = json.loads((cli.root / "cut" / "environment.json").read_text())
+    assert env["command"].endswith(" ".join(["train", *map(str, args), "--name", "cut", "--runs-dir", str(cli.root),
+                                             "--json"]))
     r = cli("train", "--resume", "cut", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["steps"] == 60
