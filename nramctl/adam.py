@@ -35,10 +35,15 @@ class Adam:
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             t = st["step"].item()
             denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(self.eps)
-            p.addcdiv_(m, denom, value=-self.lr / (1 - b1 ** t))
+            if torch.is_tensor(self.lr):         # one rate per seed (leading axis): exploit/explore
+                rate = (self.lr / (1 - b1 ** t)).to(p.dtype).view(-1, *[1] * (p.dim() - 1))
+                p.sub_(m / denom * rate)
+            else:
+                p.addcdiv_(m, denom, value=-self.lr / (1 - b1 ** t))
 
     def state_dict(self):
-        group = {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": 0, "amsgrad": False,
+        lr = float(self.lr.mean()) if torch.is_tensor(self.lr) else self.lr
+        group = {"lr": lr, "betas": self.betas, "eps": self.eps, "weight_decay": 0, "amsgrad": False,
                  "maximize": False, "foreach": None, "capturable": False, "differentiable": False,
                  "fused": None, "decoupled_weight_decay": False, "params": list(range(len(self.params)))}
         return {"state": {i: dict(st) for i, st in self.state.items()}, "param_groups": [group]}

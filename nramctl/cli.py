@@ -197,10 +197,9 @@ def train(
             signal.signal(sig, handler)
     summary = {"run": run.name, "path": str(run.path), "task": trainer.cfg.task, "result": result,
                "steps": trainer.step, "seconds": time.perf_counter() - t0,
-               "error": min((e for e in trainer.best_error), default=None),
                "seeds": seed_results(trainer)}
-    if summary["error"] == float("inf"):
-        summary["error"] = None
+    summary["error"] = min((r["best_error"] for r in summary["seeds"] if r["best_error"] is not None),
+                           default=None)
     if json:
         render.emit_json(summary)
     else:

@@ -61,6 +61,14 @@ class EntropyConfig:
 
 
 @dataclass
+class PopulationConfig:
+    mode: str = "off"                            # off | restart | exploit (see population.py)
+    patience: int = 0                            # steps without a better best error before a seed is stuck
+    top: float = 0.25                            # exploit: share of the seeds that can be copied
+    perturb: List[float] = field(default_factory=lambda: [0.8, 1.25])   # exploit: lr factors
+
+
+@dataclass
 class TrainConfig:
     steps: int = 5000                            # step budget
     batch: int = 64                              # examples per step and seed
@@ -84,6 +92,8 @@ class TrainConfig:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     entropy: EntropyConfig = field(default_factory=EntropyConfig)
+    population: PopulationConfig = field(default_factory=PopulationConfig)
+    extra_steps: int = 0                         # each training example gets T + U{0..extra_steps} steps
 
 
 @dataclass
@@ -102,8 +112,15 @@ class TaskConfig:
 def _coerce(key, value, kind):
     """Check one value against a field type, converting ints to floats where a float is wanted."""
     if get_origin(kind) is list:
+        item = get_args(kind)[0]
+        if item is float:
+            if not isinstance(value, list) or not value or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                    for v in value):
+                raise ConfigError(f"{key}: expected a list of positive numbers, got {_short(value)}")
+            return [float(v) for v in value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key}: expected a list of names, got {value!r}")
+            raise ConfigError(f"{key}: expected a list of names, got {_short(value)}")
         return list(value)
     optional = type(None) in get_args(kind)
     if optional:
@@ -180,6 +197,10 @@ def validate(cfg):
     need(m.controller in ("mlp", "lstm"), "model.controller", m.controller, "must be mlp or lstm")
     need(len(m.gates) >= 1, "model.gates", m.gates, "must name at least one gate")
     need(tr.until in ("first", "all"), "train.until", tr.until, "must be first or all")
+    need(tr.population.mode in ("off", "restart", "exploit"), "train.population.mode", tr.population.mode,
+         "must be off, restart or exploit")
+    need(tr.population.mode == "off" or tr.population.patience > 0, "train.population.patience",
+         tr.population.patience, f"must be positive with population mode {tr.population.mode}")
     need(c.p_any + c.p_upto <= 1, "train.curriculum.p_any", c.p_any, "and p_upto must sum to at most 1")
     try:
         circuit(m.gates, m.repeat)
@@ -207,6 +228,7 @@ RANGES = [
     ("train.curriculum.p_upto", 0, 1),
     ("train.noise.eta", 0, 100.0), ("train.noise.gamma", 0, 10.0),
     ("train.entropy.coef", 0, 100.0), ("train.entropy.decay", 0, 1),
+    ("train.population.patience", 0, 10**9), ("train.population.top", 0.01, 1), ("train.extra_steps", 0, 10**6),
 ]
 
 

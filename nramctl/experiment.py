@@ -40,10 +40,9 @@ def resume(run, steps=None):
         raise RunError(f"{run.name} is being trained by process {st.get('pid')} on {st.get('host')}; "
                        "stop it first")
     ck = run.load("last")
-    trainer = Trainer(from_dict(ck["config"]))
     try:
-        trainer.load_state_dict(ck["trainer"])
-    except (KeyError, RuntimeError, ValueError, TypeError):
+        trainer = Trainer.from_state(from_dict(ck["config"]), ck["trainer"])
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError):
         raise RunError(f"{run.name}: last.pt does not match its config") from None
     if steps is not None:
         if steps <= trainer.step:
@@ -62,17 +61,17 @@ def resume(run, steps=None):
 
 
 def seed_results(trainer):
-    return [{"seed": s, "index": i, "best_error": None if math.isinf(e) else e, "best_step": b,
-             "solved_step": v, "nonfinite_steps": k}
-            for i, (s, e, b, v, k) in enumerate(zip(trainer.seeds, trainer.best_error, trainer.best_step,
-                                                   trainer.solved_step, trainer.nonfinite))]
+    """Every seed (active and retired), sorted by seed number; `index` addresses it as run-N/seed-K."""
+    return [{**r, "index": i, "best_error": None if math.isinf(r["best_error"]) else r["best_error"]}
+            for i, r in enumerate(trainer.all_seeds())]
 
 
 def save_progress(run, trainer, state):
     cfg = to_dict(trainer.cfg)
+    seeds = trainer.all_seeds()
     run.save("last", {"config": cfg, "trainer": trainer.state_dict()})
-    run.save("best", {"config": cfg, "model": trainer.best_params, "seeds": trainer.seeds,
-                      "best_error": trainer.best_error, "best_step": trainer.best_step})
+    run.save("best", {"config": cfg, "model": trainer.all_best_params(), "seeds": [r["seed"] for r in seeds],
+                      "best_error": [r["best_error"] for r in seeds], "best_step": [r["best_step"] for r in seeds]})
     run.write_status(state=state, task=trainer.cfg.task, M=trainer.cfg.M, step=trainer.step,
                      seeds=seed_results(trainer))
 

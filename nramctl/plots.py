@@ -119,7 +119,8 @@ def draw_learning(data, title, path):
         for seed, d in sorted(data.items()):
             if not d[key]:
                 continue
-            line, = ax.plot(d[xkey], d[key], lw=1, label=f"seed {seed}")
+            line, = ax.plot(d[xkey], d[key], lw=1, label=f"seed {seed}", marker="o" if key == "eval_error" else None,
+                            ms=3)
             if d["solved_step"] is not None and d["solved_step"] in d[xkey]:
                 i = d[xkey].index(d["solved_step"])
                 ax.plot([d[xkey][i]], [d[key][i]], marker="*", ms=12, color=line.get_color(), mec="black")

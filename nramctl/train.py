@@ -15,6 +15,7 @@ from .adam import Adam
 from .data import Curriculum, concat, make_batch, rng_from_state, rng_state
 from .evaluate import compare, evaluate, score
 from .machine import NRAM, fuzzy_run
+from .population import PER_SEED_LISTS, Population, place, subset
 from .tasks import task
 
 
@@ -29,24 +30,43 @@ def seed_list(cfg):
 
 
 class Trainer:
-    def __init__(self, cfg):
+    """S seeds (`seeds`, default cfg.train.seed, seed + 1, ...) trained as one batched computation.
+    Seeds that finish with `until: all` are retired (archived whole, see population.py) and leave the
+    batch; `all_seeds()` and `all_best_params()` report the active and the retired together."""
+
+    def __init__(self, cfg, seeds=None):
         self.cfg, tr = cfg, cfg.train
         self.task = task(cfg.task)
-        self.seeds = seed_list(cfg)
+        self.seeds = list(seeds) if seeds is not None else seed_list(cfg)
         self.S = len(self.seeds)
-        self.model = build_model(cfg)
+        self.model = build_model(cfg, self.seeds)
+        self.lrs = [tr.lr] * self.S                   # per seed: exploit/explore perturbs them
         self.opt = Adam(self.model.parameters(), lr=tr.lr)
         lo, hi = self.task.min_difficulty, cfg.difficulty
         self.curricula = [Curriculum(tr.curriculum, lo, hi) for _ in self.seeds]
         self.data_rngs = [np.random.default_rng([s, 0]) for s in self.seeds]
         self.noise_gens = [torch.Generator().manual_seed(s * 7919 + 1) for s in self.seeds]
         self.step = 0
+        self.elapsed = 0.0                            # seconds spent training, over every session
         self.best_error = [float("inf")] * self.S
         self.best_step = [None] * self.S
         self.solved_step = [None] * self.S
+        self.solved_seconds = [None] * self.S
+        self.last_improved = [0] * self.S
+        self.lineage = [[] for _ in self.seeds]       # exploit/explore copies: [step, from seed]
         self.nonfinite = [0] * self.S                 # steps rolled back because of NaN / Inf
         self.best_params = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+        self.retired = []                             # one-seed states of finished seeds
+        self.next_seed = max(self.seeds, default=tr.seed) + 1     # for restarts
+        self.population = Population(cfg)
         self._reset_log()
+
+    @classmethod
+    def from_state(cls, cfg, state):
+        """The trainer a state_dict describes (its seeds may be a subset: others retired)."""
+        t = cls(cfg, state.get("seeds"))
+        t.load_state_dict(state)
+        return t
 
     # ---- one optimisation step -------------------------------------------------------------
     def batch(self):
@@ -172,41 +192,99 @@ class Trainer:
             e = float(res["error"][s])
             polishing = self.solved_step[s] is not None
             if (e < self.best_error[s]) if not polishing else (e <= tr.target_error):
+                if e < self.best_error[s]:
+                    self.last_improved[s] = self.step
                 self.best_error[s], self.best_step[s] = e, self.step
                 with torch.no_grad():
                     for k, p in self.model.named_parameters():
                         self.best_params[k][s] = p[s]
             if not polishing and e <= tr.target_error:
                 self.solved_step[s] = self.step
+                self.solved_seconds[s] = self.elapsed
         return res["error"]
 
     def done(self):
         finished = [self.finished(s) for s in range(self.S)]
-        enough = any(finished) if self.cfg.train.until == "first" else all(finished)
+        if self.cfg.train.until == "first":
+            enough = any(finished) or any(r["solved_step"][0] is not None for r in self.retired)
+        else:
+            enough = all(finished)                            # (true once every seed is retired)
         return enough or self.step >= self.cfg.train.steps
 
-    def keep_only(self, s):
-        """Drop every seed but s (its weights, optimizer moments, data and noise streams, curriculum
-        and records carry on unchanged): the rest of the run, e.g. polishing, costs one seed."""
-        pick = lambda x: x[s:s + 1]
-        state = self.opt.state_dict()
-        for st in state["state"].values():
-            for k, v in st.items():
-                if torch.is_tensor(v) and v.dim() > 0:
-                    st[k] = pick(v)
-        params = {k: pick(v.detach()) for k, v in self.model.state_dict().items()}
-        self.seeds = [self.seeds[s]]
-        self.S = 1
-        self.cfg.train.seeds, self.cfg.train.seed = 1, self.seeds[0]
-        self.model = build_model(self.cfg)
-        self.model.load_state_dict(params)
-        self.opt = Adam(self.model.parameters(), lr=self.cfg.train.lr)
-        self.opt.load_state_dict(state)
-        for name in ("curricula", "data_rngs", "noise_gens", "best_error", "best_step", "solved_step",
-                     "nonfinite"):
-            setattr(self, name, pick(getattr(self, name)))
-        self.best_params = {k: pick(v).clone() for k, v in self.best_params.items()}
-        self._acc = {k: (pick(v) if isinstance(v, np.ndarray) else v) for k, v in self._acc.items()}
+    # ---- the population: keep, retire, restart, exploit ------------------------------------
+    def keep(self, idx):
+        """Go on with the seeds at positions `idx` only; each carries on exactly as it was."""
+        state = subset(self.state_dict(), idx)
+        fresh = Trainer(self.cfg, state["seeds"])
+        fresh.load_state_dict(state)
+        self.__dict__.update(fresh.__dict__)
+
+    def retire(self, idx):
+        """Archive the seeds at positions `idx` (whole state) and drop them from the batch."""
+        if not idx:
+            return
+        state = self.state_dict()
+        self.retired += [subset(state, [i]) for i in idx]
+        self.keep([i for i in range(self.S) if i not in idx])
+
+    def revive(self, seed):
+        """A retired seed back as the only seed in training (e.g. to polish it alone)."""
+        state = next(r for r in self.retired if r["seeds"][0] == seed)
+        self.retired = [r for r in self.retired if r is not state]
+        state = {**state, "retired": self.retired, "step": self.step, "elapsed": self.elapsed,
+                 "next_seed": self.next_seed}
+        fresh = Trainer(self.cfg, [seed])
+        fresh.load_state_dict(state)
+        self.__dict__.update(fresh.__dict__)
+
+    def restart(self, s):
+        """Give position s a fresh initialization under a new seed number (a new attempt, counted as a
+        seed tried); the old attempt is retired unsolved. Returns the new seed number."""
+        new = self.next_seed
+        self.next_seed += 1
+        self.retired.append(subset(self.state_dict(), [s]))
+        one = Trainer(self.cfg, [new]).state_dict()
+        state = place(self.state_dict(), s, one, keys=("model", "optimizer", "best", *PER_SEED_LISTS))
+        state["last_improved"][s] = self.step
+        self.load_state_dict(state)
+        return new
+
+    def exploit(self, dst, src, factor=1.0):
+        """Seed position dst takes over src's weights, optimizer moments, curriculum and best record,
+        with its learning rate src's times `factor`; its own data and noise streams go on."""
+        state = self.state_dict()
+        one = subset(state, [src])
+        one["curricula"] = [dict(one["curricula"][0])]
+        place(state, dst, one, keys=("model", "optimizer", "curricula", "best"))
+        state["lrs"][dst] = state["lrs"][src] * factor
+        state["lineage"][dst] = state["lineage"][dst] + [[self.step, self.seeds[src]]]
+        state["last_improved"][dst] = self.step
+        self.load_state_dict(state)
+
+    def all_seeds(self):
+        """Every seed's record, active and retired, sorted by seed number."""
+        rows = [{"seed": self.seeds[s], "best_error": self.best_error[s], "best_step": self.best_step[s],
+                 "solved_step": self.solved_step[s], "solved_seconds": self.solved_seconds[s],
+                 "nonfinite_steps": self.nonfinite[s], "lineage": self.lineage[s], "active": True}
+                for s in range(self.S)]
+        rows += [{"seed": r["seeds"][0], "best_error": r["best_error"][0], "best_step": r["best_step"][0],
+                  "solved_step": r["solved_step"][0], "solved_seconds": r["solved_seconds"][0],
+                  "nonfinite_steps": r["nonfinite"][0], "lineage": r["lineage"][0], "active": False}
+                 for r in self.retired]
+        return sorted(rows, key=lambda r: r["seed"])
+
+    def all_best_params(self):
+        """Best parameters of every seed, in the order of all_seeds(): {name: [S_all, ...]}."""
+        parts = [(self.seeds[s], {k: v[s:s + 1] for k, v in self.best_params.items()}) for s in range(self.S)]
+        parts += [(r["seeds"][0], r["best_params"]) for r in self.retired]
+        parts.sort(key=lambda x: x[0])
+        return {k: torch.cat([p[k] for _, p in parts]) for k in self.best_params}
+
+    def _set_lrs(self):
+        """One learning rate for all seeds while they agree (the arithmetic of torch's Adam), else one
+        per seed."""
+        lrs = self.lrs
+        self.opt.lr = lrs[0] if len(set(lrs)) <= 1 else torch.tensor(lrs, dtype=torch.float64)
 
     # ---- the loop ------------------------------------------------------------------------
     def _reset_log(self):
@@ -215,8 +293,9 @@ class Trainer:
 
     def run(self, on_log=None, on_checkpoint=None, should_stop=lambda: False):
         """Train until every seed is solved, the budget is spent, or should_stop() says so.
-        on_log(records) gets one dict per seed every log_every steps; on_checkpoint(trainer) is
-        called every checkpoint_every steps. Returns 'solved', 'budget' or 'interrupted'."""
+        on_log(records) gets one dict per seed every log_every steps (and one per population event);
+        on_checkpoint(trainer) is called every checkpoint_every steps. With `until: all`, a seed that
+        has finished (solved and polished) retires. Returns 'solved', 'budget' or 'interrupted'."""
         tr = self.cfg.train
         while not self.done():
             if should_stop():
@@ -228,17 +307,26 @@ class Trainer:
             a["error"] += err.numpy()
             a["nonfinite"] += bad.numpy()
             a["n"] += 1
-            a["time"] += time.perf_counter() - t0
-            evaluated = None
+            dt = time.perf_counter() - t0
+            a["time"] += dt
+            self.elapsed += dt
+            evaluated = events = None
             if self.step % tr.eval_every == 0 or self.step >= tr.steps:
                 evaluated = self.check()
             if self.step % tr.log_every == 0 or evaluated is not None or self.done():
                 records = self._records(evaluated)
                 if on_log:
                     on_log(records)
+            if evaluated is not None:
+                events = self.population.after_check(self)
+                if tr.until == "all":
+                    self.retire([s for s in range(self.S) if self.finished(s)])
+                if events and on_log:
+                    on_log(events)
             if on_checkpoint and (self.step % tr.checkpoint_every == 0) and not self.done():
                 on_checkpoint(self)
-        return "solved" if any(s is not None for s in self.solved_step) else "budget"
+        solved = any(r["solved_step"] is not None for r in self.all_seeds())
+        return "solved" if solved else "budget"
 
     def _records(self, evaluated):
         a, tr = self._acc, self.cfg.train
@@ -262,12 +350,16 @@ class Trainer:
     # ---- checkpoints ---------------------------------------------------------------------
     def state_dict(self):
         return {
-            "step": self.step, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "step": self.step, "seeds": list(self.seeds), "elapsed": self.elapsed, "next_seed": self.next_seed,
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "curricula": [c.state_dict() for c in self.curricula],
             "data_rngs": [rng_state(r) for r in self.data_rngs],
             "noise_gens": [g.get_state() for g in self.noise_gens],
-            "best_error": self.best_error, "best_step": self.best_step,
-            "solved_step": self.solved_step, "best_params": self.best_params, "nonfinite": self.nonfinite,
+            "best_error": list(self.best_error), "best_step": list(self.best_step),
+            "solved_step": list(self.solved_step), "solved_seconds": list(self.solved_seconds),
+            "lrs": list(self.lrs), "lineage": [list(x) for x in self.lineage],
+            "last_improved": list(self.last_improved), "retired": list(self.retired),
+            "best_params": self.best_params, "nonfinite": list(self.nonfinite),
             "log": {"loss": self._acc["loss"].tolist(), "error": self._acc["error"].tolist(),
                     "n": self._acc["n"], "time": self._acc["time"],
                     "nonfinite": self._acc["nonfinite"].tolist()},
@@ -275,8 +367,18 @@ class Trainer:
 
     def load_state_dict(self, d):
         self.step = int(d["step"])
+        S = self.S
+        self.elapsed = float(d.get("elapsed", 0.0))
+        self.next_seed = int(d.get("next_seed", max(self.seeds, default=0) + 1))
+        self.seeds = list(d.get("seeds", self.seeds))
+        self.retired = list(d.get("retired", []))
+        self.solved_seconds = list(d.get("solved_seconds", [None] * S))
+        self.lrs = [float(x) for x in d.get("lrs", [self.cfg.train.lr] * S)]
+        self.lineage = [list(x) for x in d.get("lineage", [[] for _ in range(S)])]
+        self.last_improved = list(d.get("last_improved", [0] * S))
         self.model.load_state_dict(d["model"])
         self.opt.load_state_dict(d["optimizer"])
+        self._set_lrs()
         for c, cs in zip(self.curricula, d["curricula"]):
             c.load_state_dict(cs)
         self.data_rngs = [rng_from_state(r) for r in d["data_rngs"]]

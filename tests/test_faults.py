@@ -203,7 +203,7 @@ def _launch(root, args):
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-SOAK = ["copy", "--M", 9, "--difficulty", 3, "--steps", 800, *FAST, "--set", "train.log_every=3",
+SOAK = ["copy", "--M", 9, "--difficulty", 3, "--steps", 500, *FAST, "--set", "train.log_every=3",
         "--set", "train.checkpoint_every=7", "--set", "train.eval_every=20"]
 
 
@@ -214,10 +214,19 @@ def test_soak_random_kills_then_resume_end_bit_identical(tmp_path):
     whole = _launch(root, [*SOAK, "--name", "whole"])
     assert whole.wait(timeout=300) == 0, whole.stderr.read()
     rnd, kills, at = random.Random(7), 0, []
+    metrics = root / "soak" / "metrics.jsonl"
+    lines = lambda: len(metrics.read_text().splitlines()) if metrics.exists() else 0
     while kills < 12:
         args = ["--resume", "soak"] if (root / "soak").is_dir() else [*SOAK, "--name", "soak"]
+        seen = lines()
         proc = _launch(root, args)
-        time.sleep(rnd.uniform(0.8, 2.6))
+        if rnd.random() < 0.3:                                          # any moment, start-up included
+            time.sleep(rnd.uniform(0.2, 2.0))
+        else:                                                           # while it trains
+            deadline = time.time() + 60
+            while lines() <= seen + 1 and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.01)
+            time.sleep(rnd.uniform(0.0, 0.4))
         sig = rnd.choice([signal.SIGKILL] * 4 + [signal.SIGTERM, signal.SIGINT])
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
@@ -231,11 +240,11 @@ def test_soak_random_kills_then_resume_end_bit_identical(tmp_path):
             assert row["state"] == "interrupted"
             at.append((sig.name, row["steps"]))
     print("killed (signal, checkpointed step):", at)
-    assert kills >= 10 and len({step for _, step in at if step}) >= 5     # kills landed all along the run
+    assert kills >= 10 and len({step for _, step in at if step}) >= 4     # kills landed all along the run
     final = _launch(root, ["--resume", "soak"])
     out, err = final.communicate(timeout=300)
     assert final.returncode == 0, err
-    assert json.loads(out)["steps"] == 800
+    assert json.loads(out)["steps"] == 500
     assert last_metrics(root, "soak") == last_metrics(root, "whole")
     a = torch.load(root / "soak/checkpoints/last.pt", weights_only=True)["trainer"]["model"]
     b = torch.load(root / "whole/checkpoints/last.pt", weights_only=True)["trainer"]["model"]

@@ -120,10 +120,10 @@ def test_one_seed_of_a_batched_run_trains_like_a_run_of_its_own():
     for _ in range(10):
         a.train_step()
         b.train_step()
-    a.keep_only(2)
+    a.keep([2])
     for _ in range(5):
         assert torch.allclose(a.train_step()[0], b.train_step()[0], rtol=1e-5)
-    assert a.cfg.train.seeds == 1 and a.seeds == [2]
+    assert a.S == 1 and a.seeds == [2]
 
 
 def test_polishing_keeps_training_after_the_target_and_keeps_a_solution():
