@@ -57,6 +57,17 @@ RunRef = Annotated[Optional[str], typer.Argument(help="run-N, run-N/seed-K, pret
                                                  autocompletion=complete_runs)]
 MemOpt = Annotated[Optional[int], typer.Option("--M", help="Memory size (default: the run's).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the fresh examples.")]
+Extra = Annotated[str, typer.Option("--extra-steps", help="Run K steps beyond the task's rule (T + K), or T "
+                                    "for twice its steps: does the answer survive?")]
+
+
+def _extend(cfg, extra):
+    """Apply --extra-steps to a run's config (its T rule)."""
+    from .data import extended_rule
+    if str(extra).upper() != "T" and not (str(extra).isdigit() and int(extra) <= 10**6):
+        raise ConfigError(f"--extra-steps {extra!r}: a whole number from 0 to 1,000,000, or T")
+    cfg.T = extended_rule(cfg.T, extra)
+    return cfg
 
 
 def exits(fn):
@@ -224,6 +235,7 @@ def eval_cmd(
     n: Annotated[int, typer.Option("--n", help="Examples.")] = 1000,
     discrete: Annotated[bool, typer.Option(help="Run the discretized machine.")] = False,
     M: MemOpt = None,
+    extra: Extra = "0",
     seed: Seed = 12345,
     runs_dir: RunsDir = Path("runs"),
     json: Json = False,
@@ -232,9 +244,11 @@ def eval_cmd(
     from .evaluate import evaluate
     _count(n, "--n")
     run, cfg, model, name = _model(runs_dir, run_ref)
+    _extend(cfg, extra)
     M, d = _memory(cfg, M, difficulty, fuzzy=not discrete)
     res = evaluate(model, cfg, M, np.full(n, d), np.random.default_rng(seed), discrete)
     out = {"run": name, "task": cfg.task, "M": M, "difficulty": d, "n": n, "discrete": discrete,
+           "T": cfg.T_of(d), "extra_steps": extra,
            "error": float(res["error"][0]), "example_error": float(res["example_error"][0])}
     render.emit_json(out) if json else render.eval_result(out)
 
@@ -249,6 +263,7 @@ def generalize(
     max_difficulty: Annotated[Optional[int], typer.Option(help="Stop at this difficulty.")] = None,
     discrete: Annotated[bool, typer.Option(help="Only the constant-time discrete executor "
                                                 "(any M; sparse memory).")] = False,
+    extra: Extra = "0",
     seed: Seed = 12345,
     runs_dir: RunsDir = Path("runs"),
     json: Json = False,
@@ -258,6 +273,7 @@ def generalize(
     if n is not None:
         _count(n, "--n")
     run, cfg, model, name = _model(runs_dir, run_ref)
+    _extend(cfg, extra)
     t = task(cfg.task)
     _memory(cfg, M, t.min_difficulty, fuzzy=not discrete)
     if difficulty is not None:
@@ -275,9 +291,11 @@ def generalize(
         rows = executor_generalization(model, cfg, M, n, rng, ds)
     else:
         rows = generalization(model, cfg, M, n, rng, ds)
-    out = {"run": name, "task": cfg.task, "M": M, "n": n, "discrete_only": discrete, "rows": rows}
+    out = {"run": name, "task": cfg.task, "M": M, "n": n, "discrete_only": discrete, "extra_steps": extra,
+           "rows": rows}
     if not run.readonly:
-        fname = f"generalize-M{M}{'-discrete' if discrete else ''}.json"
+        more = "" if extra in ("0", 0) else f"-extra{str(extra).upper()}"
+        fname = f"generalize-M{M}{'-discrete' if discrete else ''}{more}.json"
         run.write_json(fname, out)
         out["saved"] = str(run.path / fname)
     render.emit_json(out) if json else render.generalization(out)
@@ -341,7 +359,9 @@ def reproduce(
     """Run the paper's protocol per task and print our results beside the paper's Table 1."""
     from .reproduce import EASY, reproduce_task
     names = [task(t).name for t in (tasks or EASY)]
-    cfgs = [task_config(t, config, [*set_, f"train.seeds={seeds}", "train.steps=1000000"]) for t in names]
+    # the budget is time; a train.steps given with --set bounds the steps as well
+    steps = [] if any(x.strip().startswith("train.steps=") for x in set_) else ["train.steps=1000000"]
+    cfgs = [task_config(t, config, [f"train.seeds={seeds}", *steps, *set_]) for t in names]
     store, results = RunStore(runs_dir), []
     for cfg in cfgs:
         with render.TrainProgress(f"{cfg.task}", None, 0, enabled=not json) as bar:

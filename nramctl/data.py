@@ -8,14 +8,26 @@ from .machine import Batch
 from .tasks import task, timestep_rule
 
 
-def make_batch(task_name, M, difficulties, rng, T_rule):
-    """One example per entry of `difficulties` -> Batch of [N, M] tensors, T from the rule."""
+def make_batch(task_name, M, difficulties, rng, T_rule, extra_steps=0):
+    """One example per entry of `difficulties` -> Batch of [N, M] tensors, T from the rule; with
+    `extra_steps` K > 0 each example gets U{0..K} steps more (drawn after the examples)."""
     t, rule = task(task_name), timestep_rule(T_rule)
     cols = [t.sample(int(n), M, rng) for n in difficulties]
     mem, target, mask = (torch.from_numpy(np.stack(c)) for c in zip(*cols))
     d = torch.as_tensor(np.asarray(difficulties, dtype=np.int64))
     T = torch.tensor([rule(n) for n in difficulties], dtype=torch.long)
+    if extra_steps:
+        T += torch.from_numpy(rng.integers(0, extra_steps + 1, size=len(difficulties)))
     return Batch(mem, target, mask, T, d)
+
+
+def extended_rule(T_rule, extra):
+    """The timestep rule with `extra` more steps: an int K (T + K) or 'T' (twice T)."""
+    if extra in (None, 0, "0"):
+        return T_rule
+    if str(extra).upper() == "T":
+        return f"2*({T_rule})"
+    return f"({T_rule})+{int(extra)}"
 
 
 def concat(batches):

@@ -303,20 +303,29 @@ def _gen(r):
             f"discrete {_span(r, 'discrete_max_error', 'discrete_perfect_up_to')}")
 
 
+def share(r):
+    """'5/16 = 31% [14-56%]': seeds solved of seeds tried, with the 95% Wilson interval."""
+    return (f"{r['seeds_solved']}/{r['seeds_tried']} = {100 * r['share']:.0f}% "
+            f"[{100 * r['share_low']:.0f}-{100 * r['share_high']:.0f}%]")
+
+
 def reproduce_row(r):
-    console.print(f"{r['task']}: {r['result']} ({r['seeds_solved']}/{r['seeds_tried']} seeds) after "
-                  f"{r['steps']} steps, {r['train_seconds']:.0f} s; kept seed {r['seed']} ({r['run']}); "
+    first = "-" if r["first_solved_seconds"] is None else f"{r['first_solved_seconds']:.0f} s"
+    console.print(f"{r['task']}: {r['result']}, seeds solved {share(r)} in {r['measure_seconds']:.0f} s "
+                  f"(first at {first}); kept seed {r['seed']} ({r['run']}); "
                   f"generalization {_gen(r)}; discrete = fuzzy on {pct(r['discrete_agrees'])}")
 
 
 def reproduce_table(results):
     t = Table(title="Table 1, paper | nramctl (test at the M difficulty 50 needs, T scaled)")
-    for c in ("task", "train error", "generalization", "discretization", "seeds at 0", "steps", "train s"):
+    for c in ("task", "train error", "generalization", "discretization", "seeds solved [95% CI]",
+              "first solved", "steps", "train s"):
         t.add_column(c, justify="right")
     for r in results:
         p = r["paper"]
         disc = "perfect" if r["discrete_agrees"] == 1 else f"= fuzzy on {pct(r['discrete_agrees'])}"
         t.add_row(r["task"], f"{p['train']} | {pct(r['train_error'])}",
                   f"{p['generalization']} | {_gen(r)}", f"{p['discretization']} | {disc}",
-                  f"{r['seeds_solved']}/{r['seeds_tried']}", str(r["steps"]), f"{r['train_seconds']:.0f}")
+                  share(r), "-" if r["first_solved_seconds"] is None else f"{r['first_solved_seconds']:.0f} s",
+                  str(r["steps"]), f"{r['train_seconds']:.0f}")
     console.print(t)

@@ -6,13 +6,14 @@ rolled back to its state before that step (weights and optimizer moments) and tr
 the next batch; the other seeds are untouched. The loop knows nothing of files or terminals: it reports
 through callbacks, and `Trainer.state_dict()` holds everything needed to resume bit for bit.
 """
+import dataclasses
 import time
 
 import numpy as np
 import torch
 
 from .adam import Adam
-from .data import Curriculum, concat, make_batch, rng_from_state, rng_state
+from .data import Curriculum, concat, extended_rule, make_batch, rng_from_state, rng_state
 from .evaluate import compare, evaluate, score
 from .machine import NRAM, fuzzy_run
 from .population import PER_SEED_LISTS, Population, place, subset
@@ -59,6 +60,7 @@ class Trainer:
         self.retired = []                             # one-seed states of finished seeds
         self.next_seed = max(self.seeds, default=tr.seed) + 1     # for restarts
         self.population = Population(cfg)
+        self.polish = tr.polish_steps                 # reproduce measures shares with 0, then polishes
         self._reset_log()
 
     @classmethod
@@ -73,7 +75,8 @@ class Trainer:
         parts = []
         for s in range(self.S):
             d = self.curricula[s].sample(self.data_rngs[s], self.cfg.train.batch)
-            parts.append(make_batch(self.cfg.task, self.cfg.M, d, self.data_rngs[s], self.cfg.T))
+            parts.append(make_batch(self.cfg.task, self.cfg.M, d, self.data_rngs[s], self.cfg.T,
+                                    self.cfg.train.extra_steps))
         return concat(parts)
 
     def train_step(self):
@@ -159,7 +162,7 @@ class Trainer:
     def finished(self, s):
         """Seed s reached the target and has trained its polish steps since."""
         solved = self.solved_step[s]
-        return solved is not None and self.step >= solved + self.cfg.train.polish_steps
+        return solved is not None and self.step >= solved + self.polish
 
     def _hold_solved(self):
         """Finished seeds keep their solution while the others train on."""
@@ -172,10 +175,13 @@ class Trainer:
     # ---- checks on fresh examples ----------------------------------------------------------
     def check(self):
         """Evaluate every seed on fresh examples over the whole training range; keep each seed's best.
-        With solve_discrete, a seed's error is the worse of its fuzzy and discretized errors. A seed
+        With solve_discrete, a seed's error is the worse of its fuzzy and discretized errors; with
+        extra_steps K, the examples run K steps beyond the rule. A seed
         that is polishing (training on after reaching the target, which sharpens its distributions)
         replaces its kept solution only with one that still meets the target."""
         cfg, tr = self.cfg, self.cfg.train
+        if tr.extra_steps:          # trained to survive extra steps: checked with all of them
+            cfg = dataclasses.replace(cfg, T=extended_rule(cfg.T, tr.extra_steps))
         rng = np.random.default_rng([tr.seed, self.step, 1])
         d = rng.integers(self.task.min_difficulty, cfg.difficulty + 1, size=tr.eval_examples)
         if tr.solve_discrete:       # a solution must also hold once every softmax is an argmax
@@ -185,7 +191,7 @@ class Trainer:
             res = evaluate(self.model, cfg, cfg.M, d, rng)
         finite = self._finite_weights()
         for s in range(self.S):
-            if self.solved_step[s] is not None and self.step > self.solved_step[s] + tr.polish_steps:
+            if self.solved_step[s] is not None and self.step > self.solved_step[s] + self.polish:
                 continue                                      # finished before this check
             if not finite[s]:
                 continue                                      # never keep a non-finite model
@@ -204,6 +210,8 @@ class Trainer:
         return res["error"]
 
     def done(self):
+        if self.S == 0:
+            return True
         finished = [self.finished(s) for s in range(self.S)]
         if self.cfg.train.until == "first":
             enough = any(finished) or any(r["solved_step"][0] is not None for r in self.retired)
@@ -284,7 +292,8 @@ class Trainer:
         """One learning rate for all seeds while they agree (the arithmetic of torch's Adam), else one
         per seed."""
         lrs = self.lrs
-        self.opt.lr = lrs[0] if len(set(lrs)) <= 1 else torch.tensor(lrs, dtype=torch.float64)
+        self.opt.lr = (lrs[0] if lrs else self.cfg.train.lr) if len(set(lrs)) <= 1 else \
+            torch.tensor(lrs, dtype=torch.float64)
 
     # ---- the loop ------------------------------------------------------------------------
     def _reset_log(self):
@@ -297,6 +306,7 @@ class Trainer:
         on_checkpoint(trainer) is called every checkpoint_every steps. With `until: all`, a seed that
         has finished (solved and polished) retires. Returns 'solved', 'budget' or 'interrupted'."""
         tr = self.cfg.train
+        start, base = time.perf_counter(), self.elapsed
         while not self.done():
             if should_stop():
                 return "interrupted"
@@ -307,9 +317,8 @@ class Trainer:
             a["error"] += err.numpy()
             a["nonfinite"] += bad.numpy()
             a["n"] += 1
-            dt = time.perf_counter() - t0
-            a["time"] += dt
-            self.elapsed += dt
+            a["time"] += time.perf_counter() - t0
+            self.elapsed = base + time.perf_counter() - start      # wall time, checks included
             evaluated = events = None
             if self.step % tr.eval_every == 0 or self.step >= tr.steps:
                 evaluated = self.check()

@@ -1,0 +1,113 @@
+"""The seed population: honest shares (Wilson interval), retiring solved seeds, restarts, and
+exploit/explore copying exactly one seed's state onto another."""
+import json
+
+import pytest
+import torch
+
+from nramctl.config import task_config
+from nramctl.population import subset, wilson
+from nramctl.train import Trainer
+
+from test_cli import cli  # noqa: F401  (fixture)
+
+
+@pytest.mark.parametrize("k, n, low, high", [
+    (0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (8, 8, 0.6756, 1.0), (1, 16, 0.0111, 0.2833),
+    (3, 16, 0.0659, 0.4302), (50, 100, 0.4038, 0.5962),
+])
+def test_wilson_interval_against_published_values(k, n, low, high):
+    lo, hi = wilson(k, n)
+    assert abs(lo - low) < 5e-4 and abs(hi - high) < 5e-4
+
+
+def test_wilson_interval_of_no_seeds_is_uninformative():
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_reproduce_reports_solved_and_unsolved_seeds(cli):
+    """Access with a 100-step cap: seeds 0 and 2 reach 0 error (at steps 80 and 100), the other four
+    do not. share = solved / tried, and solved seeds leave the batch (no records after solving)."""
+    r = cli("reproduce", "access", "--seeds", 6, "--budget-minutes", 5, "--n", 3, "--up-to", 6,
+            "--set", "train.eval_every=20", "--set", "train.steps=100", "--set", "train.batch=16",
+            "--set", "model.hidden=16", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)[0]
+    assert res["seeds_tried"] == 6 and res["seeds_solved"] == len(res["solved"]) == 2
+    assert res["share"] == pytest.approx(2 / 6)
+    assert (res["share_low"], res["share_high"]) == pytest.approx(wilson(2, 6))
+    assert [(s["seed"], s["step"]) for s in res["solved"]] == [(0, 80), (2, 100)]
+    assert res["first_solved_seconds"] == res["solved"][0]["seconds"] > 0
+    metrics = [json.loads(x) for x in (cli.root / res["run"] / "metrics.jsonl").read_text().splitlines()]
+    assert max(m["step"] for m in metrics if m["seed"] == 0) == 80          # retired once solved
+    assert max(m["step"] for m in metrics if m["seed"] == 1) == 100
+    status = json.loads((cli.root / res["run"] / "status.json").read_text())
+    assert [s["seed"] for s in status["seeds"]] == list(range(6))
+
+
+def _trainer(**sets):
+    base = ["M=9", "difficulty=3", "train.batch=8", "model.hidden=16", "train.seeds=4"]
+    return Trainer(task_config("copy", None, base + [f"{k}={v}" for k, v in sets.items()]))
+
+
+def test_exploit_copies_exactly_one_seed_onto_another():
+    tr = _trainer()
+    for _ in range(4):
+        tr.train_step()
+    before = tr.state_dict()
+    before = {"model": {k: v.clone() for k, v in before["model"].items()},
+              "opt": {i: {k: v.clone() for k, v in st.items()} for i, st in before["optimizer"]["state"].items()},
+              "level": [c.level for c in tr.curricula], "rng": [r.bit_generator.state for r in tr.data_rngs]}
+    tr.curricula[2].level = 3
+    tr.exploit(1, 2, factor=1.25)
+    for k, v in tr.model.state_dict().items():
+        assert torch.equal(v[1], before["model"][k][2])                    # dst = src
+        for s in (0, 2, 3):
+            assert torch.equal(v[s], before["model"][k][s])                # the rest untouched
+    for i, st in tr.opt.state.items():
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(st[k][1], before["opt"][i][k][2])
+            for s in (0, 2, 3):
+                assert torch.equal(st[k][s], before["opt"][i][k][s])
+    assert tr.curricula[1].level == 3 and tr.lrs == [0.003, 0.003 * 1.25, 0.003, 0.003]
+    assert tr.data_rngs[1].bit_generator.state == before["rng"][1]         # its own data stream goes on
+    assert tr.lineage[1] == [[4, 2]] and tr.lineage[0] == []
+    loss0 = tr.train_step()[0]                                              # per-seed learning rates train
+    assert torch.isfinite(loss0).all()
+
+
+def test_restart_gives_a_fresh_seed_and_counts_the_attempt():
+    tr = _trainer()
+    for _ in range(3):
+        tr.train_step()
+    fresh = Trainer(tr.cfg, [4]).model.state_dict()
+    keep = {k: v[0].clone() for k, v in tr.model.state_dict().items()}
+    new = tr.restart(2)
+    assert new == 4 and tr.seeds == [0, 1, 4, 3] and len(tr.all_seeds()) == 5
+    for k, v in tr.model.state_dict().items():
+        assert torch.equal(v[2], fresh[k][0]) and torch.equal(v[0], keep[k])
+    assert all(torch.count_nonzero(st["exp_avg"][2]) == 0 for st in tr.opt.state.values())
+
+
+def test_stuck_seeds_restart_under_the_population_policy():
+    tr = _trainer(**{"train.population.mode": "restart", "train.population.patience": 20,
+                     "train.eval_every": 10, "train.steps": 60, "train.eval_examples": 20})
+    events = []
+    tr.run(on_log=lambda recs: events.extend(r for r in recs if "event" in r))
+    assert events and all(e["event"] == "restart" for e in events)
+    assert len(tr.all_seeds()) == 4 + len(events)
+
+
+def test_retired_seeds_survive_a_checkpoint_round_trip():
+    tr = _trainer(**{"train.until": "all"})
+    for _ in range(3):
+        tr.train_step()
+    tr.solved_step[1], tr.best_error[1] = 3, 0.0
+    tr.retire([1])
+    assert tr.seeds == [0, 2, 3] and [r["seed"] for r in tr.all_seeds()] == [0, 1, 2, 3]
+    again = Trainer.from_state(tr.cfg, tr.state_dict())
+    for _ in range(2):
+        assert torch.equal(tr.train_step()[0], again.train_step()[0])
+    assert again.all_seeds()[1]["solved_step"] == 3 and again.all_best_params()["controller.l1.weight"].shape[0] == 4
+    one = subset(tr.state_dict(), [2])
+    assert one["seeds"] == [3] and one["model"]["controller.l1.weight"].shape[0] == 1
