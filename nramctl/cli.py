@@ -1,5 +1,6 @@
 """nramctl's command line: parses, calls library functions, renders, maps errors to exit codes."""
 import functools
+import os
 import signal
 import sys
 import time
@@ -453,6 +454,94 @@ def _generalization_for_plot(run, cfg, model, name, M):
     if not run.readonly:
         run.write_json(f"generalize-M{pick}.json", out)
     return out
+
+
+@command()
+def sweep(
+    target: Annotated[Optional[str], typer.Argument(metavar="TASK|show", help="The task to sweep, or `show` to "
+                                                    "print a sweep's summary again.",
+                                                    autocompletion=complete_tasks)] = None,
+    shown: Annotated[Optional[str], typer.Argument(metavar="[SWEEP]", help="With show: sweep-N.")] = None,
+    set_: Annotated[List[str], typer.Option("--set", help="KEY=V1,V2 (a grid axis) or KEY=loguniform(a,b), "
+                                            "uniform(a,b), choice(x,y) (random search, with --samples).")] = [],
+    samples: Annotated[Optional[int], typer.Option(help="Random search: this many settings.")] = None,
+    sample_seed: Annotated[int, typer.Option(help="Seed of the random search's draws.")] = 0,
+    seeds: Annotated[int, typer.Option(help="Seeds per setting.")] = 4,
+    seeds_per_run: Annotated[int, typer.Option(help="Seeds batched in one run.")] = 1,
+    workers: Annotated[Optional[int], typer.Option(help="Local worker processes (default: cores / threads).")] = None,
+    threads: Annotated[int, typer.Option(help="Torch threads per run.")] = 1,
+    budget_minutes: Annotated[Optional[float], typer.Option(help="Each run's training time.")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster: auto, HOST:PORT or ray://...")] = None,
+    ship: Annotated[bool, typer.Option(help="Ray: copy every finished run back to this machine, even where "
+                                            "a node sees the runs directory.")] = False,
+    resume_sweep: Annotated[Optional[str], typer.Option("--resume", help="Go on with sweep-N: keep finished "
+                                                        "runs, resume interrupted ones, start the rest.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the planned runs and exit.")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
+    runs_dir: RunsDir = Path("runs"),
+    json: Json = False,
+):
+    """Train a grid or a random search of settings, each with several seeds, locally or on Ray."""
+    from . import sweep as sw
+    store = RunStore(runs_dir)
+    if target == "show":
+        if not shown:
+            raise ConfigError("sweep show needs a sweep: nramctl sweep show sweep-N")
+        out = sw.summary(store, sw.load(store, shown))
+        render.emit_json(out) if json else render.sweep_table(out)
+        return
+    if shown:
+        raise ConfigError(f"unexpected argument {shown!r} (did you mean: nramctl sweep show {shown}?)")
+    if threads < 1 or (workers is not None and workers < 1):
+        raise ConfigError("--threads and --workers must be at least 1")
+    cores = os.cpu_count() or 1
+    workers = workers or sw.default_workers(threads)
+    if address is None and workers * threads > cores:
+        raise ConfigError(f"{workers} workers x {threads} threads = {workers * threads} > {cores} cores: runs "
+                          "that share cores slow each other down many times over")
+    if resume_sweep:
+        if target:
+            raise ConfigError("give either TASK or --resume SWEEP, not both")
+        manifest = sw.load(store, resume_sweep)
+    elif not target:
+        raise ConfigError("missing TASK (or --resume SWEEP, or show SWEEP)")
+    else:
+        _count(seeds, "--seeds", 100_000)
+        _count(seeds_per_run, "--seeds-per-run", 4096)
+        if samples is not None:
+            _count(samples, "--samples", 100_000)
+        if budget_minutes is not None and not budget_minutes > 0:
+            raise ConfigError(f"--budget-minutes {budget_minutes}: must be positive")
+        name = task(target).name
+        make = lambda sweep_name: sw.plan(sweep_name, name, set_, samples, sample_seed, seeds, seeds_per_run,
+                                          budget_minutes, config=config)
+        if dry_run:
+            manifest = make("sweep-N")
+            render.emit_json(manifest) if json else render.sweep_plan(manifest)
+            return
+        manifest = sw.create(store, make)
+    todo = sw.commands(store, manifest, threads)
+    if dry_run:
+        render.emit_json(manifest) if json else render.sweep_plan(manifest)
+        return
+    if not json:
+        render.console.print(f"{manifest['sweep']}: {len(todo)} run(s) to train "
+                             f"({'Ray at ' + address if address else f'{workers} worker(s) x {threads} thread(s)'})")
+    on_done = None if json else lambda name, rc: render.console.print(
+        f"  {name}: {'done' if rc == 0 else f'exit {rc}'}")
+    if address:
+        codes = sw.run_ray(store, manifest, todo, threads, address, on_done, ship)
+    else:
+        codes = sw.run_local(store, todo, workers, on_done)
+    out = sw.summary(store, manifest)
+    failed = {n: c for n, c in codes.items() if c[0] != 0}
+    out["failed_runs"] = {n: c[1] for n, c in failed.items()}
+    render.emit_json(out) if json else render.sweep_table(out)
+    if failed:
+        render.error(f"{len(failed)} run(s) did not finish (e.g. {next(iter(failed))}: "
+                     f"{' '.join(next(iter(failed.values()))[1]) or 'interrupted'}); "
+                     f"continue with: nramctl sweep --resume {manifest['sweep']}")
+        raise Abort(1)
 
 
 @command()

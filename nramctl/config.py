@@ -71,6 +71,7 @@ class PopulationConfig:
 @dataclass
 class TrainConfig:
     steps: int = 5000                            # step budget
+    max_minutes: Optional[float] = None          # time budget (wall minutes of training, every session)
     batch: int = 64                              # examples per step and seed
     lr: float = 0.003
     seed: int = 0
@@ -218,7 +219,7 @@ def validate(cfg):
 RANGES = [
     ("M", 3, 100_000), ("difficulty", 1, 1_000_000),
     ("model.R", 1, 64), ("model.hidden", 1, 4096), ("model.repeat", 1, 16),
-    ("train.steps", 1, 10**9), ("train.batch", 1, 100_000), ("train.lr", 0, 10.0),
+    ("train.steps", 1, 10**9), ("train.max_minutes", 0.001, 10**7), ("train.batch", 1, 100_000), ("train.lr", 0, 10.0),
     ("train.seed", 0, 2**31 - 1), ("train.seeds", 1, 4096), ("train.target_error", 0, 1),
     ("train.polish_steps", 0, 10**9), ("train.eval_every", 1, 10**9), ("train.eval_examples", 1, 10**6),
     ("train.log_every", 1, 10**9), ("train.checkpoint_every", 1, 10**9),

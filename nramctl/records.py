@@ -59,6 +59,7 @@ def environment():
         "circuit": "compiled" if native.library() else "torch", "cpu": cpu_model(), "cores": os.cpu_count(),
         "host": socket.gethostname(), "platform": platform.platform(), "pid": os.getpid(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "started": now(), "ended": None,
+        "sweep": os.environ.get("NRAMCTL_SWEEP"),
     }
 
 

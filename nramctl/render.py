@@ -329,3 +329,28 @@ def reproduce_table(results):
                   share(r), "-" if r["first_solved_seconds"] is None else f"{r['first_solved_seconds']:.0f} s",
                   str(r["steps"]), f"{r['train_seconds']:.0f}")
     console.print(t)
+
+
+def sweep_plan(m):
+    t = Table(title=f"{m['sweep']}: {m['task']}, {len(m['settings'])} setting(s) x {m['seeds']} seed(s), "
+                    f"{m['seeds_per_run']} seed(s) per run, budget {m['budget_minutes'] or '-'} min per run")
+    for c in ("setting", "overrides", "runs (seeds)"):
+        t.add_column(c)
+    for row in m["settings"]:
+        runs = ", ".join(f"{r['name']} ({r['seed']}..{r['seed'] + r['seeds'] - 1})" for r in row["runs"])
+        t.add_row(str(row["setting"]), escape(" ".join(row["overrides"]) or "(defaults)"), runs)
+    console.print(t)
+
+
+def sweep_table(out):
+    t = Table(title=f"{out['sweep']}: {out['task']}, settings by share of seeds solved ({out['path']})")
+    for c in ("setting", "config", "runs done", "solved / tried", "share [95% CI]", "median solved step",
+              "best error"):
+        t.add_column(c, justify="right" if c != "config" else "left")
+    for r in out["rows"]:
+        sh = "-" if r["share"] is None else \
+            f"{100 * r['share']:.0f}% [{100 * r['share_low']:.0f}-{100 * r['share_high']:.0f}%]"
+        t.add_row(str(r["setting"]), escape(" ".join(r["config"]) or "(defaults)"),
+                  f"{r['finished_runs']}/{len(r['runs'])}", f"{r['seeds_solved']}/{r['seeds_tried']}", sh,
+                  "-" if r["median_solved_step"] is None else f"{r['median_solved_step']:.0f}", pct(r["best_error"]))
+    console.print(t)

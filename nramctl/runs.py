@@ -95,13 +95,18 @@ def atomic_save(obj, path):
 
 
 def pid_alive(pid):
+    """Whether process `pid` runs on this machine (a zombie, dead but not yet reaped, does not)."""
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError, ValueError, TypeError):
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+        return stat[stat.rindex(")") + 2] != "Z"
+    except (OSError, ValueError, IndexError):
+        return True
 
 
 class Run:
@@ -343,4 +348,4 @@ class RunStore:
             return []
         key = lambda p: (0, int(p.name[4:])) if re.fullmatch(r"run-\d+", p.name) else (1, p.name)
         return [Run(p, p.name) for p in sorted(self.root.iterdir(), key=key)
-                if p.is_dir() and not p.name.startswith(".")]
+                if p.is_dir() and not p.name.startswith(".") and not re.fullmatch(r"sweep-\d+", p.name)]

@@ -217,7 +217,8 @@ class Trainer:
             enough = any(finished) or any(r["solved_step"][0] is not None for r in self.retired)
         else:
             enough = all(finished)                            # (true once every seed is retired)
-        return enough or self.step >= self.cfg.train.steps
+        out_of_time = self.cfg.train.max_minutes is not None and self.elapsed >= 60 * self.cfg.train.max_minutes
+        return enough or out_of_time or self.step >= self.cfg.train.steps
 
     # ---- the population: keep, retire, restart, exploit ------------------------------------
     def keep(self, idx):

@@ -1,0 +1,325 @@
+"""Sweeps over settings and seeds: a grid or a random search, each setting trained as ordinary runs.
+
+A sweep is planned once and written as a manifest, `runs/sweep-N/sweep.yaml`: every setting (its
+`--set` overrides) and the runs that train it, named `sweep-N-SSS-R` (setting SSS, run R; each run
+trains `seeds_per_run` seeds batched, as `train --seeds` does, with `until: all` and the time budget).
+Runs are ordinary runs in the runs directory; each records its sweep in environment.json. Running a
+sweep (again) keeps finished runs, resumes interrupted ones and starts the rest, so a killed driver
+loses no finished run. The runs go to W local worker processes of T torch threads each, or to a Ray
+cluster (`address`), one Ray task of T CPUs per run; the summary reads the runs' status files.
+"""
+import concurrent.futures
+import itertools
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .config import ConfigError, task_config
+from .population import wilson
+from .runs import RunError, RunStore, atomic_write
+from .tasks import task
+
+DISTRIBUTIONS = ("loguniform", "uniform", "choice")
+SWEEP = re.compile(r"^sweep-\d+$")
+
+
+# ---- parsing and planning ----------------------------------------------------------------------
+def split_top(text):
+    """Split on the commas that are not inside [], {}, () or quotes: 'a,[b,c]' -> ['a', '[b,c]']."""
+    parts, depth, quote, cur = [], 0, None, ""
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    if depth != 0 or quote:
+        raise ConfigError(f"--set {text!r}: unbalanced brackets or quotes")
+    return parts + [cur]
+
+
+def parse_set(item):
+    """'KEY=V1,V2' -> (key, ('values', [V1, V2])); 'KEY=loguniform(a,b)' -> (key, ('loguniform', [a, b]))."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=V1,V2,... or KEY=loguniform(a,b)")
+    key, raw = (x.strip() for x in item.split("=", 1))
+    m = re.fullmatch(r"(\w+)\((.*)\)", raw)
+    if m and m.group(1) in DISTRIBUTIONS:
+        args = [a.strip() for a in split_top(m.group(2))]
+        if m.group(1) != "choice":
+            try:
+                lo, hi = (float(a) for a in args)
+            except ValueError:
+                raise ConfigError(f"--set {key}: {m.group(1)} takes two numbers, got {raw!r}") from None
+            if not lo < hi or (m.group(1) == "loguniform" and lo <= 0):
+                raise ConfigError(f"--set {key}: {raw!r} needs 0 < a < b (uniform: a < b)")
+            args = [lo, hi]
+        elif not args or args == [""]:
+            raise ConfigError(f"--set {key}: choice() needs at least one value")
+        return key, (m.group(1), args)
+    values = [v.strip() for v in split_top(raw)]
+    if any(v == "" for v in values):
+        raise ConfigError(f"--set {key}: an empty value in {raw!r}")
+    return key, ("values", values)
+
+
+def settings(sets, samples=None, sample_seed=0):
+    """The settings of a sweep, each a list of 'key=value' overrides. Without `samples`: the product of
+    every comma-valued --set. With it: `samples` random draws (lists become a uniform choice)."""
+    parsed = [parse_set(s) for s in sets]
+    keys = [k for k, _ in parsed]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("--set: a key is given twice")
+    if samples is None:
+        if any(kind != "values" for _, (kind, _) in parsed):
+            raise ConfigError("loguniform/uniform/choice need --samples N (random search)")
+        grid = itertools.product(*[[f"{k}={v}" for v in vals] for k, (_, vals) in parsed])
+        return [list(g) for g in grid] or [[]]
+    rng = np.random.default_rng(sample_seed)
+    out = []
+    for _ in range(samples):
+        one = []
+        for k, (kind, args) in parsed:
+            if kind == "loguniform":
+                v = f"{math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))):.6g}"
+            elif kind == "uniform":
+                v = f"{rng.uniform(args[0], args[1]):.6g}"
+            else:
+                v = args[int(rng.integers(len(args)))]
+            one.append(f"{k}={v}")
+        out.append(one)
+    return out
+
+
+def plan(name, task_name, sets, samples, sample_seed, seeds, per_run, budget_minutes, first_seed=0,
+         config=None):
+    """The manifest of a new sweep; every setting's config is validated here, before anything runs."""
+    rows = []
+    for i, overrides in enumerate(settings(sets, samples, sample_seed)):
+        runs = []
+        for j, lo in enumerate(range(0, seeds, per_run)):
+            k = min(per_run, seeds - lo)
+            runs.append({"name": f"{name}-{i:03d}-{j}", "seed": first_seed + lo, "seeds": k})
+            task_config(task_name, config, run_sets(runs[-1], overrides, budget_minutes))
+        rows.append({"setting": i, "overrides": overrides, "runs": runs})
+    return {"sweep": name, "id": uuid.uuid4().hex, "task": task(task_name).name, "sets": list(sets),
+            "samples": samples,
+            "sample_seed": sample_seed, "seeds": seeds, "seeds_per_run": per_run,
+            "budget_minutes": budget_minutes, "config": str(config) if config else None, "settings": rows}
+
+
+def run_sets(run, overrides, budget_minutes):
+    """A run's --set items: with a time budget the step budget is lifted (unless the setting gives
+    train.steps); then the setting; then the run's seeds, `until: all` and the budget."""
+    lift = budget_minutes and not any(o.startswith("train.steps=") for o in overrides)
+    return ((["train.steps=100000000"] if lift else []) + list(overrides)
+            + [f"train.seed={run['seed']}", f"train.seeds={run['seeds']}", "train.until=all"]
+            + ([f"train.max_minutes={budget_minutes}"] if budget_minutes else []))
+
+
+# ---- the manifest on disk -----------------------------------------------------------------------
+def create(store, manifest_fn):
+    """Claim runs/sweep-N (next free) and write its manifest from manifest_fn(name)."""
+    store.root.mkdir(parents=True, exist_ok=True)
+    n = 1 + max((int(p.name[6:]) for p in store.root.glob("sweep-*") if SWEEP.match(p.name)), default=0)
+    while True:
+        try:
+            (store.root / f"sweep-{n}").mkdir()
+            break
+        except FileExistsError:
+            n += 1
+    name = f"sweep-{n}"
+    try:
+        manifest = manifest_fn(name)
+        save(store, manifest)
+    except BaseException:
+        import shutil
+        shutil.rmtree(store.root / name, ignore_errors=True)
+        raise
+    return manifest
+
+
+def save(store, manifest):
+    atomic_write(store.root / manifest["sweep"] / "sweep.yaml", yaml.safe_dump(manifest, sort_keys=False))
+
+
+def load(store, name):
+    if not SWEEP.match(str(name)):
+        raise RunError(f"invalid sweep name {name!r}: expected sweep-N")
+    path = store.root / name / "sweep.yaml"
+    try:
+        manifest = yaml.safe_load(path.read_text())
+        assert isinstance(manifest, dict) and manifest.get("settings") is not None
+    except (OSError, yaml.YAMLError, AssertionError):
+        raise RunError(f"no sweep {name!r} in {store.root} (or its sweep.yaml is unreadable)") from None
+    return manifest
+
+
+# ---- running --------------------------------------------------------------------------------------
+def run_state(store, name):
+    """'done' (solved or budget), 'interrupted', 'running' (its process is alive) or 'missing'."""
+    try:
+        run, _ = store.resolve(name)
+    except RunError:
+        return "missing"
+    st = run.status().get("state")
+    return "done" if st in ("solved", "budget") else "running" if st == "running" else "interrupted"
+
+
+def commands(store, manifest, threads):
+    """(run name, argv, env) for every run that still has to train."""
+    todo = []
+    base = [sys.executable, "-c", "from nramctl.cli import main; main()", "train"]
+    for row in manifest["settings"]:
+        for r in row["runs"]:
+            state = run_state(store, r["name"])
+            if state in ("done", "running"):
+                continue
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                   "NRAMCTL_SWEEP": f"{manifest['sweep']}/setting-{row['setting']}"}
+            if state == "interrupted":
+                argv = [*base, "--resume", r["name"]]
+            else:
+                sets = run_sets(r, row["overrides"], manifest["budget_minutes"])
+                argv = [*base, manifest["task"], "--name", r["name"], *itertools.chain(*(["--set", s] for s in sets))]
+                if manifest.get("config"):
+                    argv += ["--config", manifest["config"]]
+            todo.append((r["name"], argv, env))
+    return todo
+
+
+def run_local(store, todo, workers, on_done=None):
+    """Each command as a subprocess, at most `workers` at a time. Returns {name: exit code}."""
+    def one(item):
+        name, argv, env = item
+        p = subprocess.run([*argv, "--runs-dir", str(store.root), "--json"], env=env, capture_output=True,
+                           text=True)
+        return name, p.returncode, p.stderr.strip().splitlines()[-1:] if p.returncode else []
+
+    codes = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        for name, rc, err in pool.map(one, todo):
+            codes[name] = (rc, err)
+            if on_done:
+                on_done(name, rc)
+    return codes
+
+
+def run_ray(store, manifest, todo, threads, address, on_done=None, ship=False):
+    """Each command as a Ray task of `threads` CPUs. A task whose node sees this sweep's manifest under
+    the same path (shared storage, or the driver's own machine) trains in the runs directory; elsewhere,
+    or with `ship`, it trains in a scratch directory and ships the finished run back as a tar archive,
+    which the driver unpacks into the runs directory."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--address needs Ray: pip install 'nramctl[ray]'") from None
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}} if
+             os.environ.get("PYTHONPATH") else None)
+    task_fn = ray.remote(num_cpus=threads, max_retries=0)(_ray_train)
+    root = str(store.root.resolve())
+    marker = (manifest["sweep"], manifest.get("id"), ship)
+    codes = {}
+    try:
+        pending = [task_fn.remote(argv, env, root, name, marker) for name, argv, env in todo]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            name, rc, err, archive = ray.get(done[0])
+            if archive:
+                _unpack(store, name, archive)
+            codes[name] = (rc, err)
+            if on_done:
+                on_done(name, rc)
+    finally:
+        ray.shutdown()
+    return codes
+
+
+def _ray_train(argv, env, root, name, marker):
+    """On a Ray worker: train one run; returns (name, exit code, last error line, archive or None)."""
+    import io
+    import tarfile
+    import tempfile
+    sweep_name, sweep_id, ship = marker
+    try:
+        shared = not ship and yaml.safe_load((Path(root) / sweep_name / "sweep.yaml").read_text())["id"] == sweep_id
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        shared = False
+    where = root if shared else tempfile.mkdtemp(prefix="nramctl-")
+    p = subprocess.run([*argv, "--runs-dir", where, "--json"], env={**os.environ, **env}, capture_output=True,
+                       text=True)
+    archive = None
+    if not shared and (Path(where) / name).is_dir():
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            tar.add(Path(where) / name, arcname=name)
+        archive = buf.getvalue()
+    return name, p.returncode, p.stderr.strip().splitlines()[-1:] if p.returncode else [], archive
+
+
+def _unpack(store, name, archive):
+    """A run shipped back from another node, unpacked under a hidden name and renamed into place."""
+    import io
+    import tarfile
+    staged = store.stage()
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        tar.extractall(staged.path, filter="data")
+    staged.path = staged.path / name
+    store.commit(staged, name)
+
+
+# ---- the summary ----------------------------------------------------------------------------------
+def summary(store, manifest):
+    """One row per setting, sorted by share (then fewer steps): seeds tried and solved, share with its
+    95% Wilson interval, median solved step, best error."""
+    rows = []
+    for row in manifest["settings"]:
+        tried = solved = 0
+        steps, best, states = [], None, []
+        for r in row["runs"]:
+            state = run_state(store, r["name"])
+            states.append(state)
+            if state == "missing":
+                continue
+            run, _ = store.resolve(r["name"])
+            for s in run.status().get("seeds", []):
+                tried += 1
+                if s.get("solved_step") is not None:
+                    solved += 1
+                    steps.append(s["solved_step"])
+                if s.get("best_error") is not None:
+                    best = s["best_error"] if best is None else min(best, s["best_error"])
+        low, high = wilson(solved, tried)
+        rows.append({"setting": row["setting"], "config": row["overrides"], "runs": [r["name"] for r in row["runs"]],
+                     "finished_runs": states.count("done"), "seeds_tried": tried, "seeds_solved": solved,
+                     "share": solved / tried if tried else None, "share_low": low, "share_high": high,
+                     "median_solved_step": statistics.median(steps) if steps else None, "best_error": best})
+    rows.sort(key=lambda r: (-(r["share"] or 0), r["median_solved_step"] or math.inf))
+    return {"sweep": manifest["sweep"], "path": str(store.root / manifest["sweep"]), "task": manifest["task"],
+            "rows": rows}
+
+
+def sweeps(store):
+    return sorted((p.name for p in store.root.glob("sweep-*") if SWEEP.match(p.name)), key=lambda n: int(n[6:]))
+
+
+def default_workers(threads):
+    return max(1, (os.cpu_count() or 1) // threads)
+

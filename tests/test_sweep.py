@@ -1,0 +1,149 @@
+"""Sweeps: the grid and random-search parser, a local sweep end to end, resuming after the driver was
+killed, no oversubscription, and the same sweep on a real local Ray cluster."""
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from nramctl.cli import app
+from nramctl.sweep import parse_set, settings, split_top
+
+from test_cli import one_line_error
+
+FAST = ["--set", "train.batch=16", "--set", "model.hidden=16", "--set", "train.eval_examples=60",
+        "--set", "train.eval_every=20"]
+
+
+def test_split_on_top_level_commas_only():
+    assert split_top("0.01,0.003") == ["0.01", "0.003"]
+    assert split_top("[READ,INC],[READ,WRITE]") == ["[READ,INC]", "[READ,WRITE]"]
+    assert split_top("{a: 1, b: 2},'x,y'") == ["{a: 1, b: 2}", "'x,y'"]
+    assert parse_set("model.gates=[READ,INC]") == ("model.gates", ("values", ["[READ,INC]"]))
+
+
+def test_grid_is_the_product_of_comma_valued_sets():
+    grid = settings(["train.lr=0.01,0.003", "model.hidden=16,32,64"])
+    assert len(grid) == 6 and grid[0] == ["train.lr=0.01", "model.hidden=16"]
+    assert {tuple(g) for g in grid} == {(f"train.lr={a}", f"model.hidden={b}")
+                                        for a in ("0.01", "0.003") for b in (16, 32, 64)}
+
+
+def test_random_search_draws_from_the_distributions_reproducibly():
+    sets = ["train.lr=loguniform(0.0001,0.1)", "train.noise.eta=uniform(0,1)", "model.controller=choice(mlp,lstm)",
+            "model.hidden=32,64"]
+    a, b = settings(sets, 200, 5), settings(sets, 200, 5)
+    assert a == b and settings(sets, 200, 6) != a
+    lrs = [float(s[0].split("=")[1]) for s in a]
+    assert all(1e-4 <= x <= 0.1 for x in lrs)
+    logs = [math.log10(x) for x in lrs]                           # log-uniform: about half below 10^-2.5
+    assert 0.35 < sum(x < -2.5 for x in logs) / len(logs) < 0.65
+    assert {s[2] for s in a} == {"model.controller=mlp", "model.controller=lstm"}
+    assert {s[3] for s in a} == {"model.hidden=32", "model.hidden=64"}
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ("train.lr=loguniform(0,1)", "0 < a < b"), ("train.lr=uniform(a,b)", "two numbers"),
+    ("train.lr=[1,2", "unbalanced"), ("train.lr", "expected KEY="),
+])
+def test_bad_sweep_sets(bad, needle, tmp_path):
+    r = CliRunner().invoke(app, ["sweep", "access", "--set", bad, "--samples", "2", "--runs-dir", str(tmp_path)])
+    one_line_error(r, needle)
+
+
+def sweep(root, *args):
+    return CliRunner().invoke(app, ["sweep", *map(str, args), "--runs-dir", str(root)])
+
+
+def test_a_local_sweep_trains_ordinary_runs_and_summarizes_them(tmp_path):
+    root = tmp_path / "runs"
+    r = sweep(root, "access", "--set", "train.lr=0.003,0.01", "--seeds", 3, "--seeds-per-run", 2, "--workers", 1,
+              *FAST, "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["sweep"] == "sweep-1" and len(out["rows"]) == 2
+    m = yaml.safe_load((root / "sweep-1" / "sweep.yaml").read_text())
+    assert [row["overrides"][0] for row in m["settings"]] == ["train.lr=0.003", "train.lr=0.01"]
+    assert [(run["seed"], run["seeds"]) for run in m["settings"][0]["runs"]] == [(0, 2), (2, 1)]
+    for row in out["rows"]:
+        assert row["seeds_tried"] == 3 and row["finished_runs"] == 2
+        assert row["share"] == row["seeds_solved"] / 3 and row["share_low"] <= row["share"] <= row["share_high"]
+        assert set(row) >= {"config", "runs", "median_solved_step", "best_error"}
+    env = json.loads((root / "sweep-1-000-1" / "environment.json").read_text())
+    assert env["sweep"] == "sweep-1/setting-0"
+    runs = json.loads(CliRunner().invoke(app, ["runs", "--json", "--runs-dir", str(root)]).output)
+    assert sorted(x["name"] for x in runs) == ["sweep-1-000-0", "sweep-1-000-1", "sweep-1-001-0", "sweep-1-001-1"]
+    ev = CliRunner().invoke(app, ["eval", "sweep-1-001-0", "--n", 10, "--runs-dir", str(root), "--json"])
+    assert ev.exit_code == 0, ev.output
+    again = json.loads(sweep(root, "show", "sweep-1", "--json").output)
+    assert again["rows"] == out["rows"]
+    plan = json.loads(sweep(root, "access", "--set", "train.lr=0.1,0.2,0.3", "--seeds", 2, "--dry-run", "--json").output)
+    assert len(plan["settings"]) == 3 and not (root / "sweep-2").exists()
+
+
+def test_no_oversubscription(tmp_path):
+    from nramctl.sweep import default_workers
+    cores = os.cpu_count()
+    assert default_workers(1) == cores and default_workers(2) * 2 <= cores and default_workers(cores + 5) == 1
+    one_line_error(sweep(tmp_path, "access", "--workers", cores, "--threads", 2), "cores")
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    root = tmp_path / "runs"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-c", "from nramctl.cli import main; main()", "sweep", "copy", "--set",
+           "train.lr=0.003,0.01", "--seeds", 2, "--workers", 1, "--set", "M=9", "--set", "difficulty=3",
+           "--set", "train.steps=150", "--set", "train.checkpoint_every=10", *FAST, "--runs-dir", root]
+    proc = subprocess.Popen(list(map(str, cmd)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    first = root / "sweep-1-000-0" / "status.json"
+    while time.time() < deadline and not (first.exists() and json.loads(first.read_text())["state"] in ("solved", "budget")):
+        time.sleep(0.1)
+    second = root / "sweep-1-000-1" / "metrics.jsonl"
+    while time.time() < deadline and not (second.exists() and len(second.read_text().splitlines()) >= 2):
+        time.sleep(0.05)                                               # the second run is under way
+    os.killpg(proc.pid, signal.SIGKILL)                                # the driver and its workers
+    proc.wait()
+    done_before = (root / "sweep-1-000-0" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    r = sweep(root, "--resume", "sweep-1", "--workers", 1, "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)["rows"]
+    assert all(row["finished_runs"] == 2 and row["seeds_tried"] == 2 for row in rows), [(r["finished_runs"], r["seeds_tried"], r["runs"]) for r in rows]
+    assert (root / "sweep-1-000-0" / "checkpoints" / "last.pt").stat().st_mtime_ns == done_before
+    env = json.loads((root / "sweep-1-000-1" / "environment.json").read_text())
+    assert len(env["sessions"]) == 2 and "--resume" in env["sessions"][1]["command"]   # resumed, not redone
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    pytest.importorskip("ray")
+    ray_bin = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
+    tmp = tmp_path_factory.mktemp("ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    start = subprocess.run([ray_bin, "start", "--head", "--num-cpus=2", "--include-dashboard=false",
+                            "--disable-usage-stats", f"--temp-dir={tmp}"], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert start.returncode == 0, start.stderr[-2000:]
+    yield "auto"
+    subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize("ship", [False, True])
+def test_a_sweep_on_a_local_ray_cluster(tmp_path, ray_cluster, ship):
+    root = tmp_path / "runs"
+    r = sweep(root, "access", "--set", "train.lr=0.003,0.01", "--seeds", 2, "--threads", 1, "--address",
+              ray_cluster, *(["--ship"] if ship else []), *FAST, "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert len(out["rows"]) == 2 and all(row["seeds_tried"] == 2 and row["finished_runs"] == 2 for row in out["rows"])
+    for name in ("sweep-1-000-0", "sweep-1-000-1", "sweep-1-001-0", "sweep-1-001-1"):
+        st = json.loads((root / name / "status.json").read_text())
+        assert st["state"] in ("solved", "budget") and (root / name / "checkpoints" / "best.pt").is_file()
