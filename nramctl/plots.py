@@ -21,6 +21,8 @@ def learning_data(records):
     """metrics.jsonl records -> {seed: {step, loss, error, level, eval_step, eval_error, solved_step}}."""
     seeds = {}
     for r in records:
+        if "event" in r:                     # restarts and exploit/explore copies
+            continue
         s = seeds.setdefault(r["seed"], {k: [] for k in ("step", "loss", "error", "level", "eval_step",
                                                           "eval_error")} | {"solved_step": None})
         s["step"].append(r["step"])

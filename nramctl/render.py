@@ -92,6 +92,9 @@ class TrainProgress:
         return self.progress.__exit__(*exc)
 
     def update(self, records):
+        records = [r for r in records if "event" not in r]          # population events: metrics only
+        if not records:
+            return
         best = min(records, key=lambda r: r.get("eval_error", r["error"]))
         solved = sum("solved_step" in r for r in records)
         info = f"loss {best['loss']:.3f}  err {pct(best['error'])}  level {best['level']}"

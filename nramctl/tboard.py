@@ -28,6 +28,8 @@ class Writer:
 
     def log(self, records):
         for r in records:
+            if "event" in r:
+                continue
             w = self.writers.get(r["seed"])
             if w is None:
                 w = self.writers[r["seed"]] = self.SummaryWriter(log_dir=str(self.root / f"seed-{r['seed']}"))

@@ -111,3 +111,18 @@ def test_retired_seeds_survive_a_checkpoint_round_trip():
     assert again.all_seeds()[1]["solved_step"] == 3 and again.all_best_params()["controller.l1.weight"].shape[0] == 4
     one = subset(tr.state_dict(), [2])
     assert one["seeds"] == [3] and one["model"]["controller.l1.weight"].shape[0] == 1
+
+
+def test_exploit_explore_through_the_command_line_records_the_lineage(cli):
+    r = cli("train", "copy", "--M", 9, "--difficulty", 3, "--steps", 80, "--seeds", 4, "--set", "train.batch=8",
+            "--set", "model.hidden=16", "--set", "train.eval_every=10", "--set", "train.eval_examples=40",
+            "--set", "train.population.mode=exploit", "--set", "train.population.patience=20",
+            "--set", "train.population.top=0.5", "--tensorboard")
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in (cli.root / "run-1" / "metrics.jsonl").read_text().splitlines()]
+    events = [x for x in lines if "event" in x]
+    assert events and all(e["event"] == "exploit" and e["from"] != e["seed"] for e in events)
+    show = json.loads(cli("runs", "show", "run-1", "--json").output)
+    copied = {e["seed"] for e in events}
+    assert all(s["lineage"] for s in show["seeds"] if s["seed"] in copied)
+    assert cli("plot", "run-1").exit_code == 0
