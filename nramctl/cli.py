@@ -373,7 +373,10 @@ def reproduce(
         if publish and r["result"] == "solved" and r["discrete_max_error"] == 0:
             from .experiment import publish as publish_model
             from .runs import PRETRAINED
-            r["published"] = str(publish_model(run, r["seed_index"], PRETRAINED / r["task"]).path)
+            keep = ("seeds_tried", "seeds_solved", "share", "share_low", "share_high", "first_solved_seconds",
+                    "budget_seconds", "generalization_perfect_up_to", "discrete_perfect_up_to")
+            r["published"] = str(publish_model(run, r["seed_index"], PRETRAINED / r["task"],
+                                               {k: r[k] for k in keep}).path)
         if not json:
             render.reproduce_row(r)
     render.emit_json(results) if json else render.reproduce_table(results)

@@ -128,21 +128,35 @@ def load_model(run, seed=None, which="best"):
     return cfg, model, seed
 
 
-def publish(run, seed, dest):
-    """Write one seed of a run as a self-contained model directory (config.yaml + checkpoints/best.pt),
-    the form of the models shipped under nramctl/pretrained/."""
+def publish(run, seed, dest, how=None):
+    """Write one seed of a run as a self-contained model directory (config.yaml, checkpoints/best.pt and
+    training.json, which says how it was trained), the form of the models shipped under
+    nramctl/pretrained/. `how` adds to training.json (e.g. the reproduce figures)."""
     from pathlib import Path
 
-    from .runs import Run
+    from . import native
     from .config import task_config
+    from .runs import Run
     cfg, model, seed = load_model(run, seed)
-    cfg.train.seeds, cfg.train.seed = 1, cfg.train.seed + seed
-    cfg.train.steps = task_config(cfg.task).train.steps    # not a reproduce run's time-bounded budget
     ck = run.load("best")
+    status, env = run.status(), run.read_json("environment.json") or {}
+    trained_steps = status.get("step") or ck["best_step"][seed]
+    record = next((r for r in status.get("seeds", []) if r.get("seed") == ck["seeds"][seed]), {})
+    cfg.train.seeds, cfg.train.seed = 1, ck["seeds"][seed]
+    # the shipped config trains long enough to reach the shipped model's step
+    cfg.train.steps = max(task_config(cfg.task).train.steps, int(ck["best_step"][seed] or 0))
     out = Run(Path(dest), Path(dest).name)
     out.path.mkdir(parents=True, exist_ok=True)
     out.write_config(cfg)
     out.save("best", {"config": to_dict(cfg), "model": {k: v.clone() for k, v in model.state_dict().items()},
                       "seeds": [cfg.train.seed], "best_error": [ck["best_error"][seed]],
                       "best_step": [ck["best_step"][seed]], "source": run.name})
+    info = {"task": cfg.task, "seed": cfg.train.seed, "source_run": run.name,
+            "seeds_trained_together": len(ck["seeds"]), "solved_step": record.get("solved_step"),
+            "kept_step": ck["best_step"][seed], "steps_trained": trained_steps,
+            "polish_steps": cfg.train.polish_steps, "extra_steps": cfg.train.extra_steps,
+            "circuit": env.get("circuit") or ("compiled" if native.library() else "torch"),
+            "threads": env.get("threads"), "command": env.get("command"), "nramctl": env.get("nramctl"),
+            "git_commit": env.get("git_commit"), **(how or {})}
+    out.write_json("training.json", info)
     return out

@@ -43,6 +43,12 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def _program():
+    """The command's name: nramctl also when started as `python -c "from nramctl.cli import main; ..."`."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return "nramctl" if name in ("", "-c") else name
+
+
 def now():
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -58,7 +64,7 @@ def environment():
         "torch": torch.__version__, "numpy": numpy.__version__, "threads": torch.get_num_threads(),
         "circuit": "compiled" if native.library() else "torch", "cpu": cpu_model(), "cores": os.cpu_count(),
         "host": socket.gethostname(), "platform": platform.platform(), "pid": os.getpid(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "started": now(), "ended": None,
+        "command": " ".join([_program(), *sys.argv[1:]]), "started": now(), "ended": None,
         "sweep": os.environ.get("NRAMCTL_SWEEP"),
     }
 

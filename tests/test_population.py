@@ -30,7 +30,8 @@ def test_reproduce_reports_solved_and_unsolved_seeds(cli):
     do not. share = solved / tried, and solved seeds leave the batch (no records after solving)."""
     r = cli("reproduce", "access", "--seeds", 6, "--budget-minutes", 5, "--n", 3, "--up-to", 6,
             "--set", "train.eval_every=20", "--set", "train.steps=100", "--set", "train.batch=16",
-            "--set", "model.hidden=16", "--json")
+            "--set", "model.hidden=16", "--set", "M=10", "--set", "difficulty=8", "--set", "train.extra_steps=0",
+            "--json")
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)[0]
     assert res["seeds_tried"] == 6 and res["seeds_solved"] == len(res["solved"]) == 2
