@@ -1,6 +1,7 @@
 """nramctl's command line: parses, calls library functions, renders, maps errors to exit codes."""
 import functools
 import os
+import re
 import signal
 import sys
 import time
@@ -396,10 +397,22 @@ def plot(
     runs_dir: RunsDir = Path("runs"),
     json: Json = False,
 ):
-    """Draw a run as a PNG: learning curves, one execution, generalization, or the gates' attention."""
+    """Draw a run as a PNG: learning curves, one execution, generalization, or the gates' attention;
+    for a sweep (sweep-N), the share of seeds solved per setting."""
     from . import plots
     if what not in plots.KINDS:
         raise ConfigError(f"--what {what!r}: one of {', '.join(plots.KINDS)}")
+    if run_ref and re.fullmatch(r"sweep-\d+", run_ref):                  # a sweep: share per setting
+        from . import sweep as sw
+        store = RunStore(runs_dir)
+        summary = sw.summary(store, sw.load(store, run_ref))
+        path = output or store.root / run_ref / "plots" / "shares.png"
+        try:
+            plots.draw_sweep(summary, path)
+        except plots.PlotError as e:
+            raise ConfigError(str(e)) from None
+        render.emit_json({"sweep": run_ref, "path": str(path)}) if json else render.console.print(f"wrote {path}")
+        return
     run, _ = RunStore(runs_dir).resolve(run_ref)
     if output is None and run.readonly:
         raise ConfigError(f"{run.name} is read-only: give -o FILE.png")
@@ -555,8 +568,7 @@ def export(
                                               "its metrics (runs/run-N/tensorboard).")] = False,
     runs_dir: RunsDir = Path("runs"),
 ):
-    """Write a feed-forward model's learned algorithm as standalone Python (no torch needed), or a
-    run's TensorBoard events."""
+    """Write a model's algorithm as standalone Python (no torch), or a run's TensorBoard events."""
     if (python is None) == (not tensorboard):
         raise ConfigError("give one of --python FILE or --tensorboard")
     if tensorboard:

@@ -221,3 +221,24 @@ def draw_gates(data, title, path):
     fig.suptitle(f"{title}: attention over sources, {when}", fontsize=10)
     fig.tight_layout()
     return _save(fig, path, plt)
+
+
+def draw_sweep(summary, path):
+    """Share of seeds solved per setting with its 95% Wilson interval, best first."""
+    plt = _pyplot()
+    rows = [r for r in summary["rows"] if r["share"] is not None]
+    if not rows:
+        raise PlotError(f"{summary['sweep']} has no finished runs to draw yet")
+    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.4 * len(rows)))
+    y = np.arange(len(rows))[::-1]
+    share = np.array([100 * r["share"] for r in rows])
+    lo = share - np.array([100 * r["share_low"] for r in rows])
+    hi = np.array([100 * r["share_high"] for r in rows]) - share
+    ax.barh(y, share, xerr=[lo, hi], color="tab:blue", alpha=0.8, capsize=3)
+    labels = [f"{' '.join(r['config']) or '(defaults)'}  ({r['seeds_solved']}/{r['seeds_tried']})" for r in rows]
+    ax.set_yticks(y, [x if len(x) <= 60 else x[:57] + "..." for x in labels], fontsize=7)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("seeds solved (%), with 95% Wilson interval")
+    ax.set_title(f"{summary['sweep']}: {summary['task']}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, plt)

@@ -84,6 +84,9 @@ def test_a_local_sweep_trains_ordinary_runs_and_summarizes_them(tmp_path):
     assert ev.exit_code == 0, ev.output
     again = json.loads(sweep(root, "show", "sweep-1", "--json").output)
     assert again["rows"] == out["rows"]
+    pic = CliRunner().invoke(app, ["plot", "sweep-1", "--runs-dir", str(root), "--json"])
+    assert pic.exit_code == 0, pic.output
+    assert (root / "sweep-1" / "plots" / "shares.png").stat().st_size > 5000
     plan = json.loads(sweep(root, "access", "--set", "train.lr=0.1,0.2,0.3", "--seeds", 2, "--dry-run", "--json").output)
     assert len(plan["settings"]) == 3 and not (root / "sweep-2").exists()
 
