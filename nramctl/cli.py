@@ -1,7 +1,6 @@
 """nramctl's command line: parses, calls library functions, renders, maps errors to exit codes."""
 import functools
 import os
-import re
 import signal
 import sys
 import time
@@ -402,9 +401,9 @@ def plot(
     from . import plots
     if what not in plots.KINDS:
         raise ConfigError(f"--what {what!r}: one of {', '.join(plots.KINDS)}")
-    if run_ref and re.fullmatch(r"sweep-\d+", run_ref):                  # a sweep: share per setting
-        from . import sweep as sw
-        store = RunStore(runs_dir)
+    from . import sweep as sw
+    store = RunStore(runs_dir)
+    if sw.is_sweep(store, run_ref):                                         # a sweep: share per setting
         summary = sw.summary(store, sw.load(store, run_ref))
         path = output or store.root / run_ref / "plots" / "shares.png"
         try:
@@ -478,6 +477,8 @@ def sweep(
                                                     "print a sweep's summary again.",
                                                     autocompletion=complete_tasks)] = None,
     shown: Annotated[Optional[str], typer.Argument(metavar="[SWEEP]", help="With show: sweep-N.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Sweep name (default: the next sweep-N); its runs are "
+                                                "NAME-SSS-R.")] = None,
     set_: Annotated[List[str], typer.Option("--set", help="KEY=V1,V2 (a grid axis) or KEY=loguniform(a,b), "
                                             "uniform(a,b), choice(x,y) (random search, with --samples).")] = [],
     samples: Annotated[Optional[int], typer.Option(help="Random search: this many settings.")] = None,
@@ -516,8 +517,8 @@ def sweep(
         raise ConfigError(f"{workers} workers x {threads} threads = {workers * threads} > {cores} cores: runs "
                           "that share cores slow each other down many times over")
     if resume_sweep:
-        if target:
-            raise ConfigError("give either TASK or --resume SWEEP, not both")
+        if target or name:
+            raise ConfigError("give either TASK (and --name) or --resume SWEEP, not both")
         manifest = sw.load(store, resume_sweep)
     elif not target:
         raise ConfigError("missing TASK (or --resume SWEEP, or show SWEEP)")
@@ -528,14 +529,14 @@ def sweep(
             _count(samples, "--samples", 100_000)
         if budget_minutes is not None and not budget_minutes > 0:
             raise ConfigError(f"--budget-minutes {budget_minutes}: must be positive")
-        name = task(target).name
-        make = lambda sweep_name: sw.plan(sweep_name, name, set_, samples, sample_seed, seeds, seeds_per_run,
+        task_name = task(target).name
+        make = lambda sweep_name: sw.plan(sweep_name, task_name, set_, samples, sample_seed, seeds, seeds_per_run,
                                           budget_minutes, config=config)
         if dry_run:
-            manifest = make("sweep-N")
+            manifest = make(name or "sweep-N")
             render.emit_json(manifest) if json else render.sweep_plan(manifest)
             return
-        manifest = sw.create(store, make)
+        manifest = sw.create(store, make, name)
     todo = sw.commands(store, manifest, threads)
     if dry_run:
         render.emit_json(manifest) if json else render.sweep_plan(manifest)

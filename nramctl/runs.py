@@ -294,6 +294,9 @@ class RunStore:
         if (self.root / name).exists():
             raise RunError(f"run {name!r} already exists in {self.root}")
 
+    def check_name(self, name):
+        self._check_name(name)
+
     def _check_name(self, name):
         if not NAME.match(name):
             raise RunError(f"invalid run name {name[:60]!r}: use letters, digits, '-', '_' and '.' "
@@ -348,4 +351,4 @@ class RunStore:
             return []
         key = lambda p: (0, int(p.name[4:])) if re.fullmatch(r"run-\d+", p.name) else (1, p.name)
         return [Run(p, p.name) for p in sorted(self.root.iterdir(), key=key)
-                if p.is_dir() and not p.name.startswith(".") and not re.fullmatch(r"sweep-\d+", p.name)]
+                if p.is_dir() and not p.name.startswith(".") and not (p / "sweep.yaml").exists()]

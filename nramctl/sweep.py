@@ -134,17 +134,24 @@ def run_sets(run, overrides, budget_minutes):
 
 
 # ---- the manifest on disk -----------------------------------------------------------------------
-def create(store, manifest_fn):
-    """Claim runs/sweep-N (next free) and write its manifest from manifest_fn(name)."""
+def create(store, manifest_fn, name=None):
+    """Claim runs/NAME, or runs/sweep-N (next free), and write its manifest from manifest_fn(name)."""
     store.root.mkdir(parents=True, exist_ok=True)
-    n = 1 + max((int(p.name[6:]) for p in store.root.glob("sweep-*") if SWEEP.match(p.name)), default=0)
-    while True:
+    if name is not None:
+        store.check_new_name(name)
         try:
-            (store.root / f"sweep-{n}").mkdir()
-            break
+            (store.root / name).mkdir()
         except FileExistsError:
-            n += 1
-    name = f"sweep-{n}"
+            raise RunError(f"{name!r} already exists in {store.root}") from None
+    else:
+        n = 1 + max((int(p.name[6:]) for p in store.root.glob("sweep-*") if SWEEP.match(p.name)), default=0)
+        while True:
+            try:
+                (store.root / f"sweep-{n}").mkdir()
+                break
+            except FileExistsError:
+                n += 1
+        name = f"sweep-{n}"
     try:
         manifest = manifest_fn(name)
         save(store, manifest)
@@ -160,8 +167,7 @@ def save(store, manifest):
 
 
 def load(store, name):
-    if not SWEEP.match(str(name)):
-        raise RunError(f"invalid sweep name {name!r}: expected sweep-N")
+    store.check_name(str(name))
     path = store.root / name / "sweep.yaml"
     try:
         manifest = yaml.safe_load(path.read_text())
@@ -316,8 +322,8 @@ def summary(store, manifest):
             "rows": rows}
 
 
-def sweeps(store):
-    return sorted((p.name for p in store.root.glob("sweep-*") if SWEEP.match(p.name)), key=lambda n: int(n[6:]))
+def is_sweep(store, name):
+    return bool(name) and "/" not in str(name) and (store.root / str(name) / "sweep.yaml").is_file()
 
 
 def default_workers(threads):

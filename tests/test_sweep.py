@@ -89,6 +89,10 @@ def test_a_local_sweep_trains_ordinary_runs_and_summarizes_them(tmp_path):
     assert (root / "sweep-1" / "plots" / "shares.png").stat().st_size > 5000
     plan = json.loads(sweep(root, "access", "--set", "train.lr=0.1,0.2,0.3", "--seeds", 2, "--dry-run", "--json").output)
     assert len(plan["settings"]) == 3 and not (root / "sweep-2").exists()
+    named = sweep(root, "access", "--name", "lr-scan", "--seeds", 1, "--workers", 1, *FAST, "--json")
+    assert named.exit_code == 0 and json.loads(named.output)["sweep"] == "lr-scan"
+    assert (root / "lr-scan-000-0" / "status.json").is_file()
+    one_line_error(sweep(root, "access", "--name", "lr-scan"), "already exists")
 
 
 def test_no_oversubscription(tmp_path):
