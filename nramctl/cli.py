@@ -82,6 +82,9 @@ def exits(fn):
             raise typer.Exit(2)
         except Abort as e:
             raise typer.Exit(e.code)
+        except KeyboardInterrupt:           # commands without their own handler (train has one)
+            render.error("interrupted")
+            raise typer.Exit(130)
     return run
 
 
