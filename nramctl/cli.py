@@ -632,7 +632,7 @@ def runs_show(run_ref: RunRef = None, runs_dir: RunsDir = Path("runs"), json: Js
     out = {"run": run.name, "path": str(run.path), "state": st.get("state", "unknown"),
            "step": st.get("step"), "config": to_dict(run.config()),
            "environment": run.read_json("environment.json"), "seeds": st.get("seeds", []),
-           "files": run.files()}
+           "training": run.read_json("training.json"), "files": run.files()}
     render.emit_json(out) if json else render.run_show(out)
 
 

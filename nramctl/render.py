@@ -38,7 +38,8 @@ def emit_csv(rows):
 
 
 def run_show(r):
-    console.print(f"[bold]{escape(r['run'])}[/] ({escape(r['path'])}): {r['state']} at step {r['step']}")
+    where = f"{r['state']} at step {r['step']}" if r["step"] is not None else "a shipped model"
+    console.print(f"[bold]{escape(r['run'])}[/] ({escape(r['path'])}): {where}")
     env = r["environment"] or {}
     t = Table(title="environment", show_header=False, title_justify="left")
     t.add_column("")
@@ -49,7 +50,11 @@ def run_show(r):
             t.add_row(k, escape(str(env[k])))
     for i, sess in enumerate(env.get("sessions", [])[1:], start=2):
         t.add_row(f"session {i}", escape(f"{sess.get('command')} ({sess.get('started')} - {sess.get('ended')})"))
-    console.print(t)
+    if env:
+        console.print(t)
+    if r.get("training"):                                   # a shipped model: how it was trained
+        console.print("training: " + escape(", ".join(f"{k} {v}" for k, v in r["training"].items()
+                                                      if v is not None and k != "note")))
     cfg = r["config"]
     console.print(f"config: {cfg['task']}, M={cfg['M']}, T={cfg['T']}, difficulty {cfg['difficulty']}, "
                   f"{cfg['model']['controller']} H={cfg['model']['hidden']} R={cfg['model']['R']}, "
