@@ -11,6 +11,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from .machine import stops_at
+
 
 class DiscreteStep(NamedTuple):
     args: torch.Tensor            # [N, Q, 2] chosen source index of each gate input
@@ -60,7 +62,7 @@ def discrete_run(model, memory, T, trace=False):
         live = ~halted
         memory = torch.where(live[:, None], new_mem, memory)
         regs = torch.where(live[:, None], values.gather(1, reg_src), regs)
-        now = live & ((f > 0.5) | (t == T - 1))
+        now = live & stops_at(f, t, T)
         halt = torch.where(now, t, halt)
         halted |= now
         if trace:

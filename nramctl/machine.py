@@ -118,19 +118,27 @@ def step(model, state, clip_c=None, renorm=True, trace=False):
     return State(regs, mem, ctl, state.t + 1), StepOut(f, [args_w, regs_w], outputs, inputs)
 
 
+def halt_mass(f, remaining, t, T):
+    """The halting probability of step t: p_t = f_t prod_{s<t} (1 - f_s) (`remaining` is the product);
+    the last step t = T_n - 1 takes the remaining mass, and steps after it get none. Works for one
+    step (t an int) or all at once (t [T, 1], f and remaining [T, N])."""
+    return torch.where(t < T - 1, f * remaining, torch.where(t == T - 1, remaining, 0.0))
+
+
+def stops_at(f, t, T):
+    """Evaluation's halting rule at step t: f_t > 0.5, or the last step T_n - 1 (or later)."""
+    return (f > 0.5) | (t >= T - 1)
+
+
 def halting(stops, T):
-    """p_t = f_t prod_{s<t} (1 - f_s); the last step t = T_n - 1 takes the remaining mass, and
-    steps after it get none.  stops: [T, N] values f_t in [0, 1]; T: [N] -> [T, N]."""
+    """halt_mass of every step. stops: [T, N] values f_t in [0, 1]; T: [N] -> [T, N]."""
     remaining = torch.cumprod(torch.cat([torch.ones_like(stops[:1]), 1 - stops[:-1]]), 0)
-    t = torch.arange(stops.shape[0])[:, None]
-    return torch.where(t < T - 1, stops * remaining, torch.where(t == T - 1, remaining, 0.0))
+    return halt_mass(stops, remaining, torch.arange(stops.shape[0])[:, None], T)
 
 
 def halt_step(stops, T):
     """Evaluation's halting step (0-based): the first t with f_t > 0.5, else T_n - 1. [T, N] -> [N]."""
-    t = torch.arange(stops.shape[0])[:, None]
-    stop = (stops > 0.5) | (t >= T - 1)
-    return stop.to(torch.int8).argmax(0)
+    return stops_at(stops, torch.arange(stops.shape[0])[:, None], T).to(torch.int8).argmax(0)
 
 
 class Batch(NamedTuple):
@@ -213,10 +221,9 @@ def _streamed_run(model, batch, renorm, eps, need_loss):
         f = out.stop
         if need_loss:
             ll = (torch.log(state.memory.gather(2, y).squeeze(2).clamp_min(eps)) * batch.mask).sum(-1)
-            p = torch.where(t < T - 1, f * remaining, torch.where(t == T - 1, remaining, 0.0))
-            loss -= p * ll
+            loss -= halt_mass(f, remaining, t, T) * ll
             remaining = remaining * (1 - f)
-        now = ~halted & ((f > 0.5) | (t >= T - 1))
+        now = ~halted & stops_at(f, t, T)
         if now.any():
             rows = now.nonzero()[:, 0]
             pred[rows] = state.memory[rows].argmax(-1)
