@@ -45,6 +45,11 @@ def library():
     return _lib or None
 
 
+def backend():
+    """Which circuit computes a step here: 'compiled' (the kernel) or 'torch'."""
+    return "compiled" if library() is not None else "torch"
+
+
 def compiler():
     """The compiler command as a list ($CXX may carry arguments, e.g. "ccache g++"), or None."""
     cxx = os.environ.get("CXX")

@@ -62,7 +62,7 @@ def environment():
     return {
         "nramctl": _version("nramctl"), "git_commit": git_commit(), "python": platform.python_version(),
         "torch": torch.__version__, "numpy": numpy.__version__, "threads": torch.get_num_threads(),
-        "circuit": "compiled" if native.library() else "torch", "cpu": cpu_model(), "cores": os.cpu_count(),
+        "circuit": native.backend(), "cpu": cpu_model(), "cores": os.cpu_count(),
         "host": socket.gethostname(), "platform": platform.platform(), "pid": os.getpid(),
         "command": " ".join([_program(), *sys.argv[1:]]), "started": now(), "ended": None,
         "sweep": os.environ.get("NRAMCTL_SWEEP"),

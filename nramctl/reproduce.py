@@ -91,7 +91,7 @@ def reproduce_task(store, cfg, budget_s, per_difficulty=20, up_to=50, on_log=Non
         "discrete_perfect_up_to": _perfect_up_to(rows, "discrete_error"),
         "discrete_agrees": min(r["discrete_agrees"] for r in rows),
         "rows": rows, "paper": dict(zip(("train", "generalization", "discretization"), PAPER[cfg.task])),
-        "circuit": "compiled" if native.library() else "torch",
+        "circuit": native.backend(),
         "seconds": time.perf_counter() - t0,
     }
 
