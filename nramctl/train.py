@@ -228,12 +228,16 @@ class Trainer:
         fresh.load_state_dict(state)
         self.__dict__.update(fresh.__dict__)
 
+    def _archive(self, state, i):
+        """Seed position i's whole state, as kept in `retired` (without the archive itself)."""
+        return {**subset(state, [i]), "retired": []}
+
     def retire(self, idx):
         """Archive the seeds at positions `idx` (whole state) and drop them from the batch."""
         if not idx:
             return
         state = self.state_dict()
-        self.retired += [subset(state, [i]) for i in idx]
+        self.retired += [self._archive(state, i) for i in idx]
         self.keep([i for i in range(self.S) if i not in idx])
 
     def revive(self, seed):
@@ -251,9 +255,10 @@ class Trainer:
         seed tried); the old attempt is retired unsolved. Returns the new seed number."""
         new = self.next_seed
         self.next_seed += 1
-        self.retired.append(subset(self.state_dict(), [s]))
+        state = self.state_dict()
+        state["retired"].append(self._archive(state, s))
         one = Trainer(self.cfg, [new]).state_dict()
-        state = place(self.state_dict(), s, one, keys=("model", "optimizer", "best", *PER_SEED_LISTS))
+        place(state, s, one, keys=("model", "optimizer", "best", *PER_SEED_LISTS))
         state["last_improved"][s] = self.step
         self.load_state_dict(state)
         return new
