@@ -3,8 +3,8 @@
 The dataclasses below hold the one set of defaults. `tasks.yaml` has a `tasks` section with each task's
 own fields, and may have a `defaults` section (a partial TaskConfig applied to every task of that file);
 a task's config is the dataclass defaults, then the file's defaults, then the task's entry, then `--set`
-overrides. Every value is checked against its range in `validate`, and so is the memory a training
-would need, before anything is allocated.
+overrides. Every value is checked against its range in `validate`; `task_config` also checks the
+memory a training would need, before anything is allocated.
 """
 import dataclasses
 import math
@@ -206,12 +206,11 @@ def validate(cfg):
     try:
         circuit(m.gates, m.repeat)
         t.check(cfg.difficulty, cfg.M)
-        Ts = [cfg.T_of(n) for n in range(t.min_difficulty, cfg.difficulty + 1)]
+        for n in range(t.min_difficulty, cfg.difficulty + 1):
+            cfg.T_of(n)
     except (TaskError, GateError) as e:
         raise ConfigError(str(e)) from None
     cfg.task = t.name
-    check_memory(training_bytes(cfg, max(Ts)), f"training {cfg.task} at M={cfg.M}, T={max(Ts)}, "
-                 f"{tr.seeds} seed(s) x batch {tr.batch}")
     return cfg
 
 
@@ -243,10 +242,15 @@ def _get(cfg, key):
     return cfg
 
 
-def training_bytes(cfg, T):
-    """Memory one training step of this config holds (see `unroll_bytes`)."""
-    m = cfg.model
-    return unroll_bytes(cfg.train.seeds * cfg.train.batch, T, cfg.M, circuit(m.gates, m.repeat), m.R, m.hidden)
+def check_training_memory(cfg):
+    """Refuse a (validated) config whose training steps would not fit in memory. Checked where a
+    training is set up (task_config, resume), not where a saved config is read: a run trained on a
+    larger machine can still be evaluated here."""
+    T = max(cfg.T_of(n) for n in range(task(cfg.task).min_difficulty, cfg.difficulty + 1))
+    m, tr = cfg.model, cfg.train
+    need = unroll_bytes(tr.seeds * tr.batch, T, cfg.M, circuit(m.gates, m.repeat), m.R, m.hidden)
+    check_memory(need, f"training {cfg.task} at M={cfg.M}, T={T}, {tr.seeds} seed(s) x batch {tr.batch}")
+    return cfg
 
 
 def unroll_bytes(N, T, M, gates, R, hidden):
@@ -329,7 +333,7 @@ def task_config(name, path=None, overrides=()):
     cfg = build(TaskConfig, data["tasks"][key] or {}, f"tasks.{key}.", base=cfg)
     cfg.task = key
     cfg = apply_overrides(cfg, overrides)
-    return validate(cfg)
+    return check_training_memory(validate(cfg))
 
 
 def apply_overrides(cfg, overrides):

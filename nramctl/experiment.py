@@ -8,7 +8,7 @@ import math
 import torch
 
 from . import records
-from .config import ConfigError, from_dict, to_dict, validate
+from .config import ConfigError, check_training_memory, from_dict, to_dict, validate
 from .runs import RunError
 from .train import Trainer, build_model
 
@@ -44,6 +44,7 @@ def resume(run, steps=None):
         trainer = Trainer.from_state(from_dict(ck["config"]), ck["trainer"])
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError):
         raise RunError(f"{run.name}: last.pt does not match its config") from None
+    check_training_memory(trainer.cfg)
     if steps is not None:
         if steps <= trainer.step:
             raise ConfigError(f"--steps {steps}: {run.name} is already at step {trainer.step}; "

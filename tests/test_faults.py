@@ -164,6 +164,15 @@ def test_memory_estimate_refuses_before_allocating(cli):
     assert not cli.root.exists() or not any(cli.root.iterdir())
 
 
+def test_the_memory_limit_guards_training_not_reading(cli, monkeypatch):
+    """A run trained where memory was plentiful can still be evaluated on a smaller machine; training
+    it further there is refused."""
+    trained(cli)
+    monkeypatch.setenv("NRAMCTL_MAX_MEMORY", "1M")
+    assert cli("eval", "run-1", "--n", 5).exit_code == 0
+    one_line_error(cli("train", "--resume", "run-1", "--steps", 30), "would need about")
+
+
 @pytest.mark.parametrize("name", ["latest", "pretrained"])
 def test_reserved_run_names(cli, name):
     one_line_error(cli("train", "copy", "--M", 9, "--steps", 1, "--name", name), "reserved")
