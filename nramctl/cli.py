@@ -1,6 +1,7 @@
 """nramctl's command line: parses, calls library functions, renders, maps errors to exit codes."""
 import functools
 import os
+import re
 import signal
 import sys
 import time
@@ -171,7 +172,8 @@ def train(
         if run.readonly:
             raise RunError(f"{run.name} is read-only")
         if tensorboard:
-            _tensorboard_available()
+            from .tboard import require
+            require()
         trainer = resume(run, steps)
         if tensorboard and not trainer.cfg.train.tensorboard:
             from . import tboard
@@ -192,7 +194,8 @@ def train(
         overrides = list(set_) + [f"{k}={v}" for k, v in flags.items() if v is not None]
         cfg = task_config(task_name, config, overrides)
         if cfg.train.tensorboard:
-            _tensorboard_available()
+            from .tboard import require
+            require()
         run, trainer = new_run(store, cfg, name)
 
     # Ctrl-C and SIGTERM (what cluster schedulers send) finish the step, save a resumable checkpoint
@@ -222,14 +225,6 @@ def train(
     if result == "interrupted":
         render.error(f"interrupted at step {trainer.step}; continue with: nramctl train --resume {run.name}")
         raise Abort(128 + int(stop["signal"] or signal.SIGINT))
-
-
-def _tensorboard_available():
-    from .tboard import TensorBoardMissing, require
-    try:
-        require()
-    except TensorBoardMissing as e:
-        raise ConfigError(str(e)) from None
 
 
 @command("eval")
@@ -273,7 +268,7 @@ def generalize(
     json: Json = False,
 ):
     """Error against difficulty at a larger memory, fuzzy and discretized side by side."""
-    from .evaluate import difficulty_grid, executor_generalization, generalization
+    from .evaluate import difficulty_grid
     if n is not None:
         _count(n, "--n")
     run, cfg, model, name = _model(runs_dir, run_ref)
@@ -290,19 +285,24 @@ def generalize(
         ds = difficulty_grid(t.min_difficulty, top) if discrete else list(range(t.min_difficulty, top + 1))
         cfg.T_of(ds[-1])
     n = n or (5 if discrete and M > 1000 else 100)
+    out = _generalize(run, cfg, model, name, M, n, ds, discrete, extra, seed)
+    render.emit_json(out) if json else render.generalization(out)
+
+
+def _generalize(run, cfg, model, name, M, n, ds, discrete=False, extra="0", seed=12345):
+    """Generalization rows at M over the difficulties ds, saved into the run as
+    generalize-M{M}[-discrete][-extraK].json (unless it is read-only)."""
+    from .evaluate import executor_generalization, generalization
     rng = np.random.default_rng(seed)
-    if discrete:
-        rows = executor_generalization(model, cfg, M, n, rng, ds)
-    else:
-        rows = generalization(model, cfg, M, n, rng, ds)
+    run_rows = executor_generalization if discrete else generalization
     out = {"run": name, "task": cfg.task, "M": M, "n": n, "discrete_only": discrete, "extra_steps": extra,
-           "rows": rows}
+           "rows": run_rows(model, cfg, M, n, rng, ds)}
     if not run.readonly:
         more = "" if extra in ("0", 0) else f"-extra{str(extra).upper()}"
         fname = f"generalize-M{M}{'-discrete' if discrete else ''}{more}.json"
         run.write_json(fname, out)
         out["saved"] = str(run.path / fname)
-    render.emit_json(out) if json else render.generalization(out)
+    return out
 
 
 @command("inspect")
@@ -409,10 +409,7 @@ def plot(
     if sw.is_sweep(store, run_ref):                                         # a sweep: share per setting
         summary = sw.summary(store, sw.load(store, run_ref))
         path = output or store.root / run_ref / "plots" / "shares.png"
-        try:
-            plots.draw_sweep(summary, path)
-        except plots.PlotError as e:
-            raise ConfigError(str(e)) from None
+        plots.draw_sweep(summary, path)
         render.emit_json({"sweep": run_ref, "path": str(path)}) if json else render.console.print(f"wrote {path}")
         return
     run, _ = RunStore(runs_dir).resolve(run_ref)
@@ -421,57 +418,40 @@ def plot(
     path = output or run.path / "plots" / f"{what}.png"
     if not path.parent.is_dir() and output is not None:
         raise ConfigError(f"-o {output}: folder {output.parent} does not exist")
-    try:
-        if what == "learning":
-            records = run.metrics()
-            if not records:
-                raise ConfigError(f"{run.name} has no metrics to draw (a shipped model keeps none)")
-            plots.draw_learning(plots.learning_data(records), run.name, path)
+    if what == "learning":
+        records = run.metrics()
+        if not records:
+            raise ConfigError(f"{run.name} has no metrics to draw (a shipped model keeps none)")
+        plots.draw_learning(plots.learning_data(records), run.name, path)
+    else:
+        _, cfg, model, name = _model(runs_dir, run_ref)
+        if what == "generalization":
+            plots.draw_generalization(_generalization_for_plot(run, cfg, model, name, M), name, path)
         else:
-            _, cfg, model, name = _model(runs_dir, run_ref)
-            if what == "generalization":
-                plots.draw_generalization(_generalization_for_plot(run, cfg, model, name, M), name, path)
+            if not 0 <= example < MAX_EXAMPLES:
+                raise ConfigError(f"--example must be between 0 and {MAX_EXAMPLES - 1:,}, got {example}")
+            Mx, d = _memory(cfg, M, difficulty)
+            if what == "execution":
+                data = plots.execution_data(model, cfg, Mx, d, example, seed)
+                plots.draw_execution(data, f"{name}: {cfg.task}, example {example}", path)
             else:
-                if not 0 <= example < MAX_EXAMPLES:
-                    raise ConfigError(f"--example must be between 0 and {MAX_EXAMPLES - 1:,}, got {example}")
-                Mx, d = _memory(cfg, M, difficulty)
-                if what == "execution":
-                    data = plots.execution_data(model, cfg, Mx, d, example, seed)
-                    plots.draw_execution(data, f"{name}: {cfg.task}, example {example}", path)
-                else:
-                    data = plots.gates_data(model, cfg, Mx, d, example, seed, step)
-                    plots.draw_gates(data, name, path)
-    except plots.PlotError as e:
-        raise ConfigError(str(e)) from None
+                data = plots.gates_data(model, cfg, Mx, d, example, seed, step)
+                plots.draw_gates(data, name, path)
     out = {"run": run.name, "what": what, "path": str(path)}
     render.emit_json(out) if json else render.console.print(f"wrote {path}")
 
 
 def _generalization_for_plot(run, cfg, model, name, M):
-    """The saved `generalize` results at M (or the largest saved M); computed (and saved) if none."""
-    import json as jsonlib
-    saved = {}
-    for f in run.path.glob("generalize-M*.json"):
-        if not f.name.endswith("-discrete.json"):
-            try:
-                saved[int(f.stem[len("generalize-M"):])] = f
-            except ValueError:
-                continue
-    pick = M if M is not None else (max(saved) if saved else 50)
-    if pick in saved:
-        try:
-            return jsonlib.loads(saved[pick].read_text())
-        except ValueError:
-            pass
-    from .evaluate import generalization
+    """The saved fuzzy `generalize` results at M (or the largest saved M); computed (and saved) if none."""
+    saved = [int(m.group(1)) for f in run.path.glob("generalize-M*.json")
+             if (m := re.fullmatch(r"generalize-M(\d+)\.json", f.name))]
+    pick = M if M is not None else max(saved, default=50)
+    out = run.read_json(f"generalize-M{pick}.json") if pick in saved else None
+    if out is not None:
+        return out
     t = task(cfg.task)
     _memory(cfg, pick, t.min_difficulty)
-    ds = list(range(t.min_difficulty, t.max_difficulty(pick) + 1))
-    out = {"run": name, "task": cfg.task, "M": pick, "n": 100, "discrete_only": False,
-           "rows": generalization(model, cfg, pick, 100, np.random.default_rng(12345), ds)}
-    if not run.readonly:
-        run.write_json(f"generalize-M{pick}.json", out)
-    return out
+    return _generalize(run, cfg, model, name, pick, 100, list(range(t.min_difficulty, t.max_difficulty(pick) + 1)))
 
 
 @command()

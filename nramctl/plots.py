@@ -5,6 +5,7 @@ Agg backend, so the rest of nramctl never pays for it."""
 import numpy as np
 import torch
 
+from .config import ConfigError
 from .machine import fuzzy_run
 from .program import source_names
 from .traces import nth_example
@@ -12,8 +13,8 @@ from .traces import nth_example
 KINDS = ("learning", "execution", "generalization", "gates")
 
 
-class PlotError(ValueError):
-    """matplotlib missing, or nothing to draw; the message says what to do."""
+class PlotError(ConfigError):
+    """matplotlib missing, or nothing to draw; the message says what to do (a usage error: one line)."""
 
 
 # ---- data ----------------------------------------------------------------------------------

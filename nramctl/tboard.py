@@ -4,11 +4,13 @@ View them with `tensorboard --logdir runs`. A resumed run first rewrites the eve
 which were cut back to its checkpoint, so no step appears twice. Needs the `tensorboard` extra."""
 import shutil
 
+from .config import ConfigError
+
 TAGS = ("loss", "error", "eval_error", "level", "examples_per_s")
 
 
-class TensorBoardMissing(ValueError):
-    pass
+class TensorBoardMissing(ConfigError):
+    """The tensorboard package is not installed (a usage error: one line)."""
 
 
 def require():
