@@ -46,7 +46,6 @@ def complete_tasks(incomplete: str):
 def complete_runs(incomplete: str):
     """Run names for shell completion: the runs directory ($NRAMCTL_RUNS_DIR or ./runs), latest, and
     the shipped models."""
-    import os
     from .runs import PRETRAINED
     store = RunStore(os.environ.get("NRAMCTL_RUNS_DIR", "runs"))
     names = [r.name for r in store.runs()] + ["latest"]
@@ -515,15 +514,11 @@ def sweep(
         task_name = task(target).name
         make = lambda sweep_name: sw.plan(sweep_name, task_name, set_, samples, sample_seed, seeds, seeds_per_run,
                                           budget_minutes, config=config)
-        if dry_run:
-            manifest = make(name or "sweep-N")
-            render.emit_json(manifest) if json else render.sweep_plan(manifest)
-            return
-        manifest = sw.create(store, make, name)
-    todo = sw.commands(store, manifest, threads)
+        manifest = make(name or "sweep-N") if dry_run else sw.create(store, make, name)
     if dry_run:
         render.emit_json(manifest) if json else render.sweep_plan(manifest)
         return
+    todo = sw.commands(store, manifest, threads)
     if not json:
         render.console.print(f"{manifest['sweep']}: {len(todo)} run(s) to train "
                              f"({'Ray at ' + address if address else f'{workers} worker(s) x {threads} thread(s)'})")
@@ -628,10 +623,7 @@ def runs_rm(
     run, seed = store.resolve(run_ref)
     if run.readonly or seed is not None:
         raise RunError(f"{run_ref}: only a whole run in {store.root} can be deleted")
-    st = run.status()
-    if st.get("state") == "running":
-        raise RunError(f"{run.name} is being trained by process {st.get('pid')} on {st.get('host')}; "
-                       "stop it first")
+    run.refuse_if_training()
     if not yes and not typer.confirm(f"delete {run.path} ({len(run.files())} files)?", default=False):
         raise Abort(1)
     store.remove(run)

@@ -35,10 +35,7 @@ def new_run(store, cfg, name=None):
 def resume(run, steps=None):
     """The trainer of an earlier run, exactly as its last checkpoint left it; `steps` extends (or sets)
     its step budget. A run whose training process is still alive is refused."""
-    st = run.status()
-    if st.get("state") == "running":
-        raise RunError(f"{run.name} is being trained by process {st.get('pid')} on {st.get('host')}; "
-                       "stop it first")
+    run.refuse_if_training()
     ck = run.load("last")
     try:
         trainer = Trainer.from_state(from_dict(ck["config"]), ck["trainer"])

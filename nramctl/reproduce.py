@@ -38,10 +38,10 @@ def reproduce_task(store, cfg, budget_s, per_difficulty=20, up_to=50, on_log=Non
     run, trainer = new_run(store, cfg)
     over = lambda: time.perf_counter() - t0 > budget_s
 
-    def log(records):
-        run.append_metrics(records)
+    def log(recs):
+        run.append_metrics(recs)
         if on_log:
-            on_log(records)
+            on_log(recs)
 
     checkpoint = lambda tr: save_progress(run, tr, "running")
     trainer.polish = 0                                  # measuring the share: retire on reaching the target

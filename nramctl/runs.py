@@ -145,6 +145,13 @@ class Run:
             st["state"] = "interrupted"
         return st
 
+    def refuse_if_training(self):
+        """RunError if a live process is training this run (resuming or deleting it would collide)."""
+        st = self.status()
+        if st.get("state") == "running":
+            raise RunError(f"{self.name} is being trained by process {st.get('pid')} on {st.get('host')}; "
+                           "stop it first")
+
     @staticmethod
     def alive(st):
         """Whether the process recorded in a status is running (unknowable on another host: assumed)."""
@@ -287,7 +294,7 @@ class RunStore:
         shutil.rmtree(run.path, ignore_errors=True)
 
     def check_new_name(self, name):
-        self._check_name(name)
+        self.check_name(name)
         if name in RESERVED:
             meaning = "the newest run" if name == "latest" else "the shipped models"
             raise RunError(f"run name {name!r} is reserved (it addresses {meaning}); choose another")
@@ -295,9 +302,6 @@ class RunStore:
             raise RunError(f"run {name!r} already exists in {self.root}")
 
     def check_name(self, name):
-        self._check_name(name)
-
-    def _check_name(self, name):
         if not NAME.match(name):
             raise RunError(f"invalid run name {name[:60]!r}: use letters, digits, '-', '_' and '.' "
                            "(no path separators)")
@@ -310,7 +314,7 @@ class RunStore:
         if len(parts) >= 2 and re.fullmatch(r"seed-\d+", parts[-1]):
             seed, parts = int(parts[-1][5:]), parts[:-1]
         if len(parts) == 2 and parts[0] == "pretrained":
-            self._check_name(parts[1])
+            self.check_name(parts[1])
             path = PRETRAINED / parts[1]
             if not path.is_dir():
                 have = ", ".join(sorted(p.name for p in PRETRAINED.iterdir() if p.is_dir())) \
@@ -325,7 +329,7 @@ class RunStore:
             if not nums:
                 raise RunError(f"no runs in {self.root}")
             name = f"run-{nums[-1]}"
-        self._check_name(name)
+        self.check_name(name)
         path = self.root / name
         if not path.resolve().is_relative_to(self.root.resolve()):
             raise RunError(f"run name {name!r} points outside {self.root}")

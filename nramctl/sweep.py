@@ -178,14 +178,16 @@ def load(store, name):
 
 
 # ---- running --------------------------------------------------------------------------------------
-def run_state(store, name):
-    """'done' (solved or budget), 'interrupted', 'running' (its process is alive) or 'missing'."""
+def run_status(store, name):
+    """(state, status.json) of a sweep's run: state 'done' (solved or budget), 'interrupted',
+    'running' (its process is alive) or 'missing' (with an empty status)."""
     try:
         run, _ = store.resolve(name)
     except RunError:
-        return "missing"
-    st = run.status().get("state")
-    return "done" if st in ("solved", "budget") else "running" if st == "running" else "interrupted"
+        return "missing", {}
+    st = run.status()
+    state = st.get("state")
+    return ("done" if state in ("solved", "budget") else "running" if state == "running" else "interrupted"), st
 
 
 def commands(store, manifest, threads):
@@ -194,7 +196,7 @@ def commands(store, manifest, threads):
     base = [sys.executable, "-c", "from nramctl.cli import main; main()", "train"]
     for row in manifest["settings"]:
         for r in row["runs"]:
-            state = run_state(store, r["name"])
+            state, _ = run_status(store, r["name"])
             if state in ("done", "running"):
                 continue
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
@@ -300,12 +302,9 @@ def summary(store, manifest):
         tried = solved = 0
         steps, best, states = [], None, []
         for r in row["runs"]:
-            state = run_state(store, r["name"])
+            state, status = run_status(store, r["name"])
             states.append(state)
-            if state == "missing":
-                continue
-            run, _ = store.resolve(r["name"])
-            for s in run.status().get("seeds", []):
+            for s in status.get("seeds", []):
                 tried += 1
                 if s.get("solved_step") is not None:
                     solved += 1
