@@ -6,9 +6,8 @@ import numpy as np
 import torch
 
 from .config import ConfigError
-from .machine import fuzzy_run
 from .program import source_names
-from .traces import nth_example
+from .traces import traced_run
 
 KINDS = ("learning", "execution", "generalization", "gates")
 
@@ -42,9 +41,7 @@ def execution_data(model, cfg, M, difficulty, example=0, seed=0):
     """One example through the fuzzy machine. memory[t][i] (t = 0 is the input) is cell i's most likely
     value after step t and p[t][i] its probability; reads[t] / writes[t] list the addresses (and
     written values) of step t + 1's READ / WRITE gates; registers[t] likewise; stop[t] = f."""
-    batch = nth_example(cfg, M, difficulty, example, seed)
-    with torch.no_grad():
-        out = fuzzy_run(model, batch, trace=True)
+    batch, out = traced_run(model, cfg, M, difficulty, example, seed)
     first = out.trace[0][0]
     p0, v0 = first.memory[0].max(-1)
     memory, prob = [v0.tolist()], [p0.tolist()]
@@ -73,9 +70,7 @@ def gates_data(model, cfg, M, difficulty, example=0, seed=0, step=None):
     """Attention of each gate input over the sources and of each register over the sources, at one step
     (1-based) or averaged over the example's steps: {"sources", "inputs", "args" [rows][K],
     "register_rows", "regs" [R][K], "step"}."""
-    batch = nth_example(cfg, M, difficulty, example, seed)
-    with torch.no_grad():
-        out = fuzzy_run(model, batch, trace=True)
+    batch, out = traced_run(model, cfg, M, difficulty, example, seed)
     steps = out.trace[:int(batch.T[0])]
     if step is not None:
         if not 1 <= step <= len(steps):

@@ -28,11 +28,16 @@ def _value(dist):
     return {"value": int(v), "p": round(float(p), 4)}
 
 
+def traced_run(model, cfg, M, difficulty, example=0, seed=0):
+    """(batch of one, RunOut with every step's states) for example number `example` of the stream."""
+    batch = nth_example(cfg, M, difficulty, example, seed)
+    with torch.no_grad():
+        return batch, fuzzy_run(model, batch, trace=True)
+
+
 def trace(model, cfg, M, difficulty, example=0, seed=0):
     """Run the fuzzy machine on one example and describe every step."""
-    batch, i = nth_example(cfg, M, difficulty, example, seed), 0
-    with torch.no_grad():
-        out = fuzzy_run(model, batch, trace=True)
+    (batch, out), i = traced_run(model, cfg, M, difficulty, example, seed), 0
     names = source_names(model)
     steps = []
     for t, (before, so, after) in enumerate(out.trace):
