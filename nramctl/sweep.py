@@ -13,6 +13,7 @@ import itertools
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -156,7 +157,6 @@ def create(store, manifest_fn, name=None):
         manifest = manifest_fn(name)
         save(store, manifest)
     except BaseException:
-        import shutil
         shutil.rmtree(store.root / name, ignore_errors=True)
         raise
     return manifest
@@ -212,13 +212,17 @@ def commands(store, manifest, threads):
     return todo
 
 
+def _train(argv, env, runs_dir):
+    """Run one `nramctl train` command into runs_dir: (exit code, its last error line or [])."""
+    p = subprocess.run([*argv, "--runs-dir", str(runs_dir), "--json"], env=env, capture_output=True, text=True)
+    return p.returncode, p.stderr.strip().splitlines()[-1:] if p.returncode else []
+
+
 def run_local(store, todo, workers, on_done=None):
-    """Each command as a subprocess, at most `workers` at a time. Returns {name: exit code}."""
+    """Each command as a subprocess, at most `workers` at a time. Returns {name: (exit code, error)}."""
     def one(item):
         name, argv, env = item
-        p = subprocess.run([*argv, "--runs-dir", str(store.root), "--json"], env=env, capture_output=True,
-                           text=True)
-        return name, p.returncode, p.stderr.strip().splitlines()[-1:] if p.returncode else []
+        return (name, *_train(argv, env, store.root))
 
     codes = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
@@ -271,15 +275,16 @@ def _ray_train(argv, env, root, name, marker):
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         shared = False
     where = root if shared else tempfile.mkdtemp(prefix="nramctl-")
-    p = subprocess.run([*argv, "--runs-dir", where, "--json"], env={**os.environ, **env}, capture_output=True,
-                       text=True)
+    rc, err = _train(argv, {**os.environ, **env}, where)
     archive = None
-    if not shared and (Path(where) / name).is_dir():
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            tar.add(Path(where) / name, arcname=name)
-        archive = buf.getvalue()
-    return name, p.returncode, p.stderr.strip().splitlines()[-1:] if p.returncode else [], archive
+    if not shared:
+        if (Path(where) / name).is_dir():
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+                tar.add(Path(where) / name, arcname=name)
+            archive = buf.getvalue()
+        shutil.rmtree(where, ignore_errors=True)             # the scratch copy is shipped: not kept
+    return name, rc, err, archive
 
 
 def _unpack(store, name, archive):
