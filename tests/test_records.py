@@ -92,7 +92,7 @@ def test_plot_of_a_shipped_model_needs_an_output_file(cli, tmp_path):
     one_line_error(cli("plot", "pretrained/copy", "--what", "execution"), "read-only: give -o")
     out = tmp_path / "copy.png"
     r = cli("plot", "pretrained/copy", "--what", "execution", "--M", 12, "-o", out)
-    assert r.exit_code == 0, r.output and out.is_file()
+    assert r.exit_code == 0 and out.is_file(), r.output
     one_line_error(cli("plot", "pretrained/copy", "--what", "colours", "-o", out), "--what 'colours'")
 
 
