@@ -14,7 +14,6 @@ techniques that act on a step's edges are part of the node: the activation clip 
 logits, registers and memory clamped to [-c, c]) and the renormalization (identity backward).
 `tests/test_reference.py` checks loss and gradients against a plain autograd reference.
 """
-import functools
 from typing import NamedTuple
 
 import torch
@@ -82,7 +81,7 @@ class Circuit(torch.autograd.Function):
     def forward(ctx, arg_logits, reg_logits, registers, memory, gates, clip_c, renorm):
         ctx.gates, ctx.clip_c = gates, clip_c
         ctx.set_materialize_grads(False)
-        ctx.plan = _plan(gates) if native.usable(arg_logits, reg_logits, registers, memory) else None
+        ctx.plan = native.plan(gates) if native.usable(arg_logits, reg_logits, registers, memory) else None
         if ctx.plan:
             regs, mem, args_w, regs_w, V, AB, saved = native.forward(
                 ctx.plan, arg_logits, reg_logits, registers, memory, renorm, save=any(ctx.needs_input_grad))
@@ -146,11 +145,6 @@ class Circuit(torch.autograd.Function):
             dU = dU + d_regs_w
         return (_softmax_grad(args_w, dW, c), _softmax_grad(regs_w, dU, c), d_registers, d_mem,
                 None, None, None)
-
-
-@functools.lru_cache(maxsize=None)
-def _plan(gates):
-    return native.Plan(gates)
 
 
 def circuit(gates, arg_logits, reg_logits, registers, memory, clip_c=None, renorm=True):

@@ -13,6 +13,9 @@
 #include <cmath>
 #include <cstring>
 #include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 enum { READ, WRITE, CONST, INC, DEC, ADD, SUB, LT, LE, EQ, MIN, MAX };
 
@@ -31,11 +34,13 @@ static void gate_forward(int code, int M, int value, const T* A, const T* B, T* 
         std::fill(out, out + M, T(0));
         out[value % M] = T(1);
         break;
-    case INC:
-        for (int c = 0; c < M; c++) out[c] = A[(c - 1 + M) % M];
+    case INC:   // out[c] = A[c - 1]
+        out[0] = A[M - 1];
+        for (int c = 1; c < M; c++) out[c] = A[c - 1];
         break;
-    case DEC:
-        for (int c = 0; c < M; c++) out[c] = A[(c + 1) % M];
+    case DEC:   // out[c] = A[c + 1]
+        for (int c = 0; c < M - 1; c++) out[c] = A[c + 1];
+        out[M - 1] = A[0];
         break;
     case ADD:   // out[c] = sum_a A[a] B[c - a]
         std::fill(out, out + M, T(0));
@@ -77,11 +82,13 @@ static void gate_forward(int code, int M, int value, const T* A, const T* B, T* 
 template <typename T>
 static void gate_backward(int code, int M, const T* A, const T* B, const T* D, T* dA, T* dB) {
     switch (code) {
-    case INC:
-        for (int a = 0; a < M; a++) dA[a] = D[(a + 1) % M];
+    case INC:   // dA[a] = D[a + 1]
+        for (int a = 0; a < M - 1; a++) dA[a] = D[a + 1];
+        dA[M - 1] = D[0];
         break;
-    case DEC:
-        for (int a = 0; a < M; a++) dA[a] = D[(a - 1 + M) % M];
+    case DEC:   // dA[a] = D[a - 1]
+        dA[0] = D[M - 1];
+        for (int a = 1; a < M; a++) dA[a] = D[a - 1];
         break;
     case ADD:   // dA[a] = sum_b B[b] D[a + b], dB[b] = sum_a A[a] D[a + b]
         std::fill(dA, dA + M, T(0));
@@ -180,65 +187,164 @@ static void softmax(const T* logits, T* w, int n, int K) {
     std::fill(w + n, w + K, T(0));
 }
 
+// ---------------------------------------------------------------------------------------------
+// One example's circuit, forward and backward. Shared by the circuit entry points (circuit.py's
+// autograd node) and the fused timestep below.
+
+struct Circuit {
+    int R, Q, K, M, G;
+    const int* codes;
+    const int* arity;
+    const int* values;
+};
+
+// Sources V[:R] = registers, then each gate's output; the gate inputs into AB; memory as each memory
+// gate saw it into saved (when not null); the new registers and memory, renormalized when asked.
 template <typename T>
-static void forward(const T* arg_logits_, const T* reg_logits_, const T* regs_, const T* mem_in_, T* W_,
-                    T* U_, T* V_, T* AB_, T* saved_, T* new_regs_, T* mem_, int N, int R, int Q, int M,
-                    int G, const int* codes, const int* arity, const int* values, int renorm,
-                    int threads) {
-    const int K = R + Q;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int n = 0; n < N; n++) {
-        T* W = W_ + (size_t)n * Q * 2 * K;
-        T* U = U_ + (size_t)n * R * K;
-        for (int j = 0; j < Q * 2; j++)
-            softmax(arg_logits_ + ((size_t)n * Q * 2 + j) * K, W + (size_t)j * K, R + j / 2, K);
-        for (int r = 0; r < R; r++)
-            softmax(reg_logits_ + ((size_t)n * R + r) * K, U + (size_t)r * K, K, K);
-        T* V = V_ + (size_t)n * K * M;
-        T* AB = AB_ + (size_t)n * Q * 2 * M;
-        T* saved = saved_ ? saved_ + (size_t)n * G * M * M : nullptr;
-        T* mem = mem_ + (size_t)n * M * M;
-        std::memcpy(mem, mem_in_ + (size_t)n * M * M, sizeof(T) * M * M);
-        std::memcpy(V, regs_ + (size_t)n * R * M, sizeof(T) * R * M);
-        int g = 0;
-        for (int i = 0; i < Q; i++) {
-            T* out = V + (size_t)(R + i) * M;
-            for (int a = 0; a < arity[i]; a++) {
-                T* x = AB + (size_t)(2 * i + a) * M;
-                const T* w = W + (size_t)(2 * i + a) * K;
-                std::fill(x, x + M, T(0));
-                for (int k = 0; k < R + i; k++)
-                    for (int m = 0; m < M; m++) x[m] += w[k] * V[(size_t)k * M + m];
-            }
-            const T* A = AB + (size_t)(2 * i) * M;
-            const T* B = arity[i] ? AB + (size_t)(2 * i + arity[i] - 1) * M : A;
-            if (saved_ && (codes[i] == READ || codes[i] == WRITE))   // no saving when no gradient is wanted
-                std::memcpy(saved + (size_t)(g++) * M * M, mem, sizeof(T) * M * M);
-            if (codes[i] == READ) {
-                std::fill(out, out + M, T(0));
-                for (int p = 0; p < M; p++)
-                    for (int m = 0; m < M; m++) out[m] += A[p] * mem[p * M + m];
-            } else if (codes[i] == WRITE) {
-                for (int p = 0; p < M; p++)
-                    for (int m = 0; m < M; m++) mem[p * M + m] += A[p] * (B[m] - mem[p * M + m]);
-                std::memcpy(out, B, sizeof(T) * M);
-            } else {
-                gate_forward(codes[i], M, values[i], A, B, out);
+static void circuit_forward_one(const Circuit& c, const T* __restrict W, const T* __restrict U,
+                                const T* __restrict regs, const T* __restrict mem_in, T* __restrict V,
+                                T* __restrict AB, T* __restrict saved, T* __restrict new_regs,
+                                T* __restrict mem, int renorm) {
+    const int R = c.R, Q = c.Q, K = c.K, M = c.M;
+    std::memcpy(mem, mem_in, sizeof(T) * M * M);
+    std::memcpy(V, regs, sizeof(T) * R * M);
+    int g = 0;
+    for (int i = 0; i < Q; i++) {
+        T* out = V + (size_t)(R + i) * M;
+        const int ar = c.arity[i], code = c.codes[i];
+        for (int a = 0; a < ar; a++) {
+            T* __restrict x = AB + (size_t)(2 * i + a) * M;
+            const T* w = W + (size_t)(2 * i + a) * K;
+            std::fill(x, x + M, T(0));
+            for (int k = 0; k < R + i; k++) {
+                const T wk = w[k];
+                const T* __restrict v = V + (size_t)k * M;
+                for (int m = 0; m < M; m++) x[m] += wk * v[m];
             }
         }
-        T* nr = new_regs_ + (size_t)n * R * M;
-        for (int r = 0; r < R; r++) {
-            T* row = nr + (size_t)r * M;
-            std::fill(row, row + M, T(0));
-            for (int k = 0; k < K; k++)
-                for (int m = 0; m < M; m++) row[m] += U[r * K + k] * V[(size_t)k * M + m];
+        const T* A = AB + (size_t)(2 * i) * M;
+        const T* B = ar ? AB + (size_t)(2 * i + ar - 1) * M : A;
+        if (saved && (code == READ || code == WRITE))   // no saving when no gradient is wanted
+            std::memcpy(saved + (size_t)(g++) * M * M, mem, sizeof(T) * M * M);
+        if (code == READ) {
+            std::fill(out, out + M, T(0));
+            for (int p = 0; p < M; p++) {
+                const T ap = A[p];
+                const T* __restrict row = mem + (size_t)p * M;
+                for (int m = 0; m < M; m++) out[m] += ap * row[m];
+            }
+        } else if (code == WRITE) {
+            for (int p = 0; p < M; p++) {
+                const T ap = A[p];
+                T* __restrict row = mem + (size_t)p * M;
+                for (int m = 0; m < M; m++) row[m] += ap * (B[m] - row[m]);
+            }
+            std::memcpy(out, B, sizeof(T) * M);
+        } else {
+            gate_forward(code, M, c.values[i], A, B, out);
         }
-        if (renorm) {
-            for (int r = 0; r < R + M; r++) {
-                T* row = r < R ? nr + (size_t)r * M : mem + (size_t)(r - R) * M;
+    }
+    for (int r = 0; r < R; r++) {
+        T* __restrict row = new_regs + (size_t)r * M;
+        std::fill(row, row + M, T(0));
+        for (int k = 0; k < K; k++) {
+            const T u = U[r * K + k];
+            const T* __restrict v = V + (size_t)k * M;
+            for (int m = 0; m < M; m++) row[m] += u * v[m];
+        }
+    }
+    if (renorm) {
+        for (int r = 0; r < R + M; r++) {
+            T* row = r < R ? new_regs + (size_t)r * M : mem + (size_t)(r - R) * M;
+            T s = 0;
+            for (int m = 0; m < M; m++) s += row[m];
+            const T inv = T(1) / s;
+            for (int m = 0; m < M; m++) row[m] *= inv;
+        }
+    }
+}
+
+// Given dR (gradient of the new registers, clipped) and d_mem (of the memory after the step, clipped;
+// overwritten with the gradient of the memory before it): dW [Q, 2, K] and dU [R, K] of the softmax
+// weights (before the softmax's own backward), and dV [K, M], whose first R rows are the gradient of
+// the registers before the step. dAB: scratch of 2 M.
+template <typename T>
+static void circuit_backward_one(const Circuit& c, const T* __restrict W, const T* __restrict U,
+                                 const T* __restrict V, const T* __restrict AB, const T* __restrict saved,
+                                 const T* __restrict dR, T* __restrict d_mem, T* __restrict dW,
+                                 T* __restrict dU, T* __restrict dV, T* __restrict dAB) {
+    const int R = c.R, Q = c.Q, K = c.K, M = c.M;
+    std::fill(dV, dV + (size_t)K * M, T(0));
+    std::fill(dW, dW + (size_t)Q * 2 * K, T(0));
+    for (int r = 0; r < R; r++)        // new registers = U V
+        for (int k = 0; k < K; k++) {
+            const T u = U[r * K + k];
+            const T* __restrict d = dR + (size_t)r * M;
+            const T* __restrict v = V + (size_t)k * M;
+            T* __restrict dv = dV + (size_t)k * M;
+            T s = 0;
+            for (int m = 0; m < M; m++) {
+                dv[m] += u * d[m];
+                s += d[m] * v[m];
+            }
+            dU[r * K + k] = s;
+        }
+    int g = c.G;
+    for (int i = Q - 1; i >= 0; i--) {
+        const int ar = c.arity[i], code = c.codes[i];
+        if (!ar) continue;
+        const T* D = dV + (size_t)(R + i) * M;
+        const T* A = AB + (size_t)(2 * i) * M;
+        const T* B = AB + (size_t)(2 * i + ar - 1) * M;
+        T* dA = dAB;
+        T* dB = dAB + M;
+        std::fill(dAB, dAB + 2 * M, T(0));
+        if (code == READ) {
+            const T* mem = saved + (size_t)(--g) * M * M;
+            for (int p = 0; p < M; p++) {
+                const T ap = A[p];
+                const T* __restrict row = mem + (size_t)p * M;
+                T* __restrict drow = d_mem + (size_t)p * M;
                 T s = 0;
-                for (int m = 0; m < M; m++) s += row[m];
-                for (int m = 0; m < M; m++) row[m] /= s;
+                for (int m = 0; m < M; m++) {
+                    s += row[m] * D[m];
+                    drow[m] += ap * D[m];
+                }
+                dA[p] = s;
+            }
+        } else if (code == WRITE) {
+            const T* mem = saved + (size_t)(--g) * M * M;
+            for (int m = 0; m < M; m++) dB[m] = D[m];
+            for (int p = 0; p < M; p++) {
+                const T ap = A[p];
+                const T* __restrict row = mem + (size_t)p * M;
+                T* __restrict drow = d_mem + (size_t)p * M;
+                T s = 0;
+                for (int m = 0; m < M; m++) {
+                    const T d = drow[m];
+                    s += d * (B[m] - row[m]);
+                    dB[m] += ap * d;
+                    drow[m] = d * (1 - ap);
+                }
+                dA[p] = s;
+            }
+        } else {
+            gate_backward(code, M, A, B, D, dA, dB);
+        }
+        for (int a = 0; a < ar; a++) {   // (A, B) = W[i] V[:R+i]
+            const T* __restrict d = dAB + (size_t)a * M;
+            const T* w = W + (size_t)(2 * i + a) * K;
+            T* dw = dW + (size_t)(2 * i + a) * K;
+            for (int k = 0; k < R + i; k++) {
+                const T wk = w[k];
+                const T* __restrict v = V + (size_t)k * M;
+                T* __restrict dv = dV + (size_t)k * M;
+                T s = 0;
+                for (int m = 0; m < M; m++) {
+                    dv[m] += wk * d[m];
+                    s += d[m] * v[m];
+                }
+                dw[k] = s;
             }
         }
     }
@@ -255,93 +361,433 @@ static void softmax_grad(const T* w, const T* dw, T* out, int n, T c) {
 }
 
 template <typename T>
+static inline T clamp(T x, T c) { return c > 0 ? std::min(std::max(x, -c), c) : x; }
+
+// The examples [n0, n1) of this thread out of N (contiguous shares).
+static inline void share(int N, int threads, int& n0, int& n1) {
+#ifdef _OPENMP
+    int t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    int t = 0, nt = 1;
+    (void)threads;
+#endif
+    n0 = (int)((long long)N * t / nt);
+    n1 = (int)((long long)N * (t + 1) / nt);
+}
+
+template <typename T>
+static void forward(const T* arg_logits_, const T* reg_logits_, const T* regs_, const T* mem_in_, T* W_,
+                    T* U_, T* V_, T* AB_, T* saved_, T* new_regs_, T* mem_, int N, int R, int Q, int M,
+                    int G, const int* codes, const int* arity, const int* values, int renorm,
+                    int threads) {
+    const int K = R + Q;
+    const Circuit c{R, Q, K, M, G, codes, arity, values};
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int n = 0; n < N; n++) {
+        T* W = W_ + (size_t)n * Q * 2 * K;
+        T* U = U_ + (size_t)n * R * K;
+        for (int j = 0; j < Q * 2; j++)
+            softmax(arg_logits_ + ((size_t)n * Q * 2 + j) * K, W + (size_t)j * K, R + j / 2, K);
+        for (int r = 0; r < R; r++)
+            softmax(reg_logits_ + ((size_t)n * R + r) * K, U + (size_t)r * K, K, K);
+        circuit_forward_one(c, W, U, regs_ + (size_t)n * R * M, mem_in_ + (size_t)n * M * M,
+                            V_ + (size_t)n * K * M, AB_ + (size_t)n * Q * 2 * M,
+                            saved_ ? saved_ + (size_t)n * G * M * M : nullptr, new_regs_ + (size_t)n * R * M,
+                            mem_ + (size_t)n * M * M, renorm);
+    }
+}
+
+template <typename T>
 static void backward(const T* W_, const T* U_, const T* V_, const T* AB_, const T* saved_,
                      const T* d_regs_, const T* d_mem_out_, const T* d_W_, const T* d_U_, T c,
                      T* d_arg_logits_, T* d_reg_logits_, T* d_regs_in_, T* d_mem_, int N, int R, int Q,
                      int M, int G, const int* codes, const int* arity, int threads) {
     const int K = R + Q;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int n = 0; n < N; n++) {
-        const T* W = W_ + (size_t)n * Q * 2 * K;
-        const T* U = U_ + (size_t)n * R * K;
-        const T* V = V_ + (size_t)n * K * M;
-        const T* AB = AB_ + (size_t)n * Q * 2 * M;
-        const T* saved = saved_ + (size_t)n * G * M * M;
-        T* d_mem = d_mem_ + (size_t)n * M * M;
-        std::vector<T> dV((size_t)K * M, T(0)), dR((size_t)R * M, T(0)), dAB((size_t)2 * M, T(0));
-        std::vector<T> dW((size_t)Q * 2 * K, T(0)), dU((size_t)R * K, T(0));
-        auto clip = [c](T x) { return c > 0 ? std::min(std::max(x, -c), c) : x; };
-        if (d_regs_)
-            for (int j = 0; j < R * M; j++) dR[j] = clip(d_regs_[(size_t)n * R * M + j]);
-        for (int j = 0; j < M * M; j++) d_mem[j] = d_mem_out_ ? clip(d_mem_out_[(size_t)n * M * M + j]) : T(0);
-        for (int r = 0; r < R; r++)        // new registers = U V
-            for (int k = 0; k < K; k++) {
-                T s = 0;
-                for (int m = 0; m < M; m++) {
-                    dV[(size_t)k * M + m] += U[r * K + k] * dR[r * M + m];
-                    s += dR[r * M + m] * V[(size_t)k * M + m];
-                }
-                dU[r * K + k] = s;
-            }
-        int g = G;
-        for (int i = Q - 1; i >= 0; i--) {
-            if (!arity[i]) continue;
-            const T* D = &dV[(size_t)(R + i) * M];
-            const T* A = AB + (size_t)(2 * i) * M;
-            const T* B = AB + (size_t)(2 * i + arity[i] - 1) * M;
-            T* dA = &dAB[0];
-            T* dB = &dAB[M];
-            std::fill(dAB.begin(), dAB.end(), T(0));
-            if (codes[i] == READ) {
-                const T* mem = saved + (size_t)(--g) * M * M;
-                for (int p = 0; p < M; p++) {
-                    T s = 0;
-                    for (int m = 0; m < M; m++) {
-                        s += mem[p * M + m] * D[m];
-                        d_mem[p * M + m] += A[p] * D[m];
+    const Circuit ci{R, Q, K, M, G, codes, arity, nullptr};
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        std::vector<T> dV((size_t)K * M), dR((size_t)R * M, T(0)), dAB((size_t)2 * M);
+        std::vector<T> dW((size_t)Q * 2 * K), dU((size_t)R * K);
+#pragma omp for schedule(static)
+        for (int n = 0; n < N; n++) {
+            T* d_mem = d_mem_ + (size_t)n * M * M;
+            for (int j = 0; j < R * M; j++) dR[j] = d_regs_ ? clamp(d_regs_[(size_t)n * R * M + j], c) : T(0);
+            for (int j = 0; j < M * M; j++) d_mem[j] = d_mem_out_ ? clamp(d_mem_out_[(size_t)n * M * M + j], c) : T(0);
+            const T* W = W_ + (size_t)n * Q * 2 * K;
+            const T* U = U_ + (size_t)n * R * K;
+            circuit_backward_one(ci, W, U, V_ + (size_t)n * K * M, AB_ + (size_t)n * Q * 2 * M,
+                                 saved_ + (size_t)n * G * M * M, dR.data(), d_mem, dW.data(), dU.data(),
+                                 dV.data(), dAB.data());
+            if (d_W_)
+                for (int j = 0; j < Q * 2 * K; j++) dW[j] += d_W_[(size_t)n * Q * 2 * K + j];
+            if (d_U_)
+                for (int j = 0; j < R * K; j++) dU[j] += d_U_[(size_t)n * R * K + j];
+            for (int j = 0; j < Q * 2; j++)
+                softmax_grad(W + (size_t)j * K, &dW[(size_t)j * K], d_arg_logits_ + ((size_t)n * Q * 2 + j) * K, K, c);
+            for (int r = 0; r < R; r++)
+                softmax_grad(U + (size_t)r * K, &dU[(size_t)r * K], d_reg_logits_ + ((size_t)n * R + r) * K, K, c);
+            std::memcpy(d_regs_in_ + (size_t)n * R * M, dV.data(), sizeof(T) * R * M);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fused timestep: controller, head, softmaxes, circuit, stop probability and the step's
+// log-likelihood, forward and backward, for examples in blocks of up to EB of one seed.
+// machine.py's `step` (the controller's layers, the head, circuit.py) is the definition; the fused
+// node in fused.py hands this code packed weights and buffers. The head computes only the logits a
+// gate or register may use; parameter gradients are left to the caller: each layer's input rows and
+// output gradients are written into [N, Tmax, width] buffers at column t, and one batched product
+// per layer over all timesteps gives the weight gradients.
+
+constexpr int EB = 8;    // examples of one seed whose controller rows are multiplied together
+constexpr int JB = 16;   // output columns per register block
+
+// Y[e, j] = bias[j] + sum_k X[e, k] W[k, j] for e < ne, with W [in, out] row-major. X must hold EB
+// rows (what the rows from ne on hold is computed and dropped), so the EB accumulators of a block of
+// JB columns stay in registers while W's rows stream past once per block of examples.
+template <typename T>
+static void rows_matmul_tail(int ne, const T* X, int ldx, const T* W, const T* bias, int in, int out, int j0,
+                             T* Y, int ldy) {
+    for (int e = 0; e < ne; e++)
+        for (int j = j0; j < out; j++) {
+            T s = bias ? bias[j] : T(0);
+            for (int k = 0; k < in; k++) s += X[(size_t)e * ldx + k] * W[(size_t)k * out + j];
+            Y[(size_t)e * ldy + j] = s;
+        }
+}
+
+template <typename T>
+static void rows_matmul(int ne, const T* X, int ldx, const T* W, const T* bias, int in, int out, T* Y, int ldy) {
+    rows_matmul_tail(ne, X, ldx, W, bias, in, out, 0, Y, ldy);
+}
+
+// float: the same with GCC/Clang vector types (JB = 16 floats, whatever SIMD width the machine has);
+// the compiler's own vectorizer picked the wrong loop here and ran four times slower.
+typedef float vfloat __attribute__((vector_size(4 * JB)));
+typedef float vfloat_u __attribute__((vector_size(4 * JB), aligned(4)));
+
+template <>
+void rows_matmul<float>(int ne, const float* X, int ldx, const float* W, const float* bias, int in, int out,
+                        float* Y, int ldy) {
+    int j0 = 0;
+    for (; j0 + JB <= out; j0 += JB) {
+        vfloat acc[EB];
+        vfloat b0 = bias ? *(const vfloat_u*)(bias + j0) : vfloat{};
+        for (int e = 0; e < EB; e++) acc[e] = b0;
+        const float* w = W + j0;
+        for (int k = 0; k < in; k++, w += out) {
+            const vfloat wk = *(const vfloat_u*)w;
+            for (int e = 0; e < EB; e++) acc[e] += X[(size_t)e * ldx + k] * wk;
+        }
+        for (int e = 0; e < ne; e++) *(vfloat_u*)(Y + (size_t)e * ldy + j0) = acc[e];
+    }
+    rows_matmul_tail(ne, X, ldx, W, bias, in, out, j0, Y, ldy);
+}
+
+static inline float exp_any(float x) {   // e^x for any x, from the non-positive branch
+    return x <= 0 ? exp_nonpositive(x) : 1.0f / exp_nonpositive(-x);
+}
+static inline double exp_any(double x) { return std::exp(x); }
+
+template <typename T>
+static inline T sigmoid(T z) {
+    T e = exp_nonpositive(-std::abs(z));       // in (0, 1]
+    return z >= 0 ? T(1) / (T(1) + e) : e / (T(1) + e);
+}
+
+static inline float tanh_(float x) {
+    float e = exp_nonpositive(-2.0f * std::abs(x));
+    float t = (1.0f - e) / (1.0f + e);
+    return x < 0 ? -t : t;
+}
+static inline double tanh_(double x) { return std::tanh(x); }
+
+struct Net {
+    int kind;               // 0: MLP (l1, l2, head), 1: LSTM (inp, gates, head)
+    int S, B, H, O, Tmax, t;
+    int in[3], out[3];
+};
+
+// Per-thread scratch for one block.
+template <typename T>
+struct Scratch {
+    std::vector<T> x[3], y[3], dO, d0, dY, dX, dV, dAB, dW, dU, dR;
+    Scratch(const Net& net, const Circuit& c) {
+        for (int l = 0; l < 3; l++) {
+            x[l].assign((size_t)EB * net.in[l], T(0));
+            y[l].assign((size_t)EB * net.out[l], T(0));
+        }
+        int widest = std::max(std::max(net.in[1], net.out[1]), std::max(net.O, net.in[2]));
+        dO.assign((size_t)EB * net.O, T(0));
+        d0.assign((size_t)EB * net.H, T(0));
+        dY.assign((size_t)EB * widest, T(0));
+        dX.assign((size_t)EB * widest, T(0));
+        dV.assign((size_t)c.K * c.M, T(0));
+        dAB.assign((size_t)2 * c.M, T(0));
+        dW.assign((size_t)c.Q * 2 * c.K, T(0));
+        dU.assign((size_t)c.R * c.K, T(0));
+        dR.assign((size_t)c.R * c.M, T(0));
+    }
+};
+
+// Runs body(scratch, first example, examples, seed) over this call's examples in blocks of up to EB
+// examples of one seed, each thread over its own contiguous share.
+template <typename T, typename Body>
+static void over_blocks(const Net& net, const Circuit& c, int N, int threads, Body&& body) {
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        Scratch<T> s(net, c);
+        int n0, n1;
+        share(N, threads, n0, n1);
+        for (int b0 = n0; b0 < n1;) {
+            const int seed = b0 / net.B;
+            const int ne = std::min(std::min(n1, (seed + 1) * net.B), b0 + EB) - b0;
+            body(s, b0, ne, seed);
+            b0 += ne;
+        }
+    }
+}
+
+// Pointers of a forward call, in the order fused.py passes them.
+template <typename T>
+struct FwdArgs {
+    const int *codes, *arity, *values;
+    const T *Wf[3], *bf[3];
+    const T *regs_in, *mem_in, *h_in, *c_in;
+    const int* y;
+    const T* mask;
+    T *regs_out, *mem_out, *h_out, *c_out, *f_out, *ll_out, *W, *U, *V, *AB, *saved, *ctl_save;
+    T* X[3];
+};
+
+template <typename T>
+static void fused_forward(const Net& net, const Circuit& c, const FwdArgs<T>& a, int N, int renorm, T eps,
+                          int threads) {
+    const int R = c.R, Q = c.Q, K = c.K, M = c.M, H = net.H, O = net.O;
+    over_blocks<T>(net, c, N, threads, [&](Scratch<T>& s, int b0, int ne, int seed) {
+        const T* Wf[3];
+        const T* bf[3];
+        for (int l = 0; l < 3; l++) {
+            Wf[l] = a.Wf[l] + (size_t)seed * net.in[l] * net.out[l];
+            bf[l] = a.bf[l] + (size_t)seed * net.out[l];
+        }
+        // controller input: P(r = 0) of each register
+        for (int e = 0; e < ne; e++)
+            for (int r = 0; r < R; r++) s.x[0][(size_t)e * R + r] = a.regs_in[((size_t)(b0 + e) * R + r) * M];
+        rows_matmul(ne, s.x[0].data(), R, Wf[0], bf[0], net.in[0], net.out[0], s.y[0].data(), net.out[0]);
+        for (int e = 0; e < ne; e++)         // relu, into the middle layer's input
+            for (int j = 0; j < H; j++) s.x[1][(size_t)e * net.in[1] + j] = std::max(s.y[0][(size_t)e * H + j], T(0));
+        if (net.kind == 1)
+            for (int e = 0; e < ne; e++)
+                std::memcpy(&s.x[1][(size_t)e * net.in[1] + H], a.h_in + (size_t)(b0 + e) * H, sizeof(T) * H);
+        rows_matmul(ne, s.x[1].data(), net.in[1], Wf[1], bf[1], net.in[1], net.out[1], s.y[1].data(), net.out[1]);
+        for (int e = 0; e < ne; e++) {
+            const T* z = &s.y[1][(size_t)e * net.out[1]];
+            T* x2 = &s.x[2][(size_t)e * H];
+            if (net.kind == 0) {
+                for (int j = 0; j < H; j++) x2[j] = std::max(z[j], T(0));
+            } else {                          // LSTM cell: z = (i, f, g, o)
+                const size_t n = b0 + e;
+                const T* c_prev = a.c_in + n * H;
+                T* c_new = a.c_out + n * H;
+                T* keep = a.ctl_save ? a.ctl_save + n * 6 * H : nullptr;
+                for (int j = 0; j < H; j++) {
+                    T i = sigmoid(z[j]), f = sigmoid(z[H + j]), g = tanh_(z[2 * H + j]), o = sigmoid(z[3 * H + j]);
+                    T cn = f * c_prev[j] + i * g, tc = tanh_(cn);
+                    c_new[j] = cn;
+                    x2[j] = o * tc;
+                    if (keep) {
+                        keep[j] = i; keep[H + j] = f; keep[2 * H + j] = g; keep[3 * H + j] = o;
+                        keep[4 * H + j] = c_prev[j]; keep[5 * H + j] = tc;
                     }
-                    dA[p] = s;
                 }
-            } else if (codes[i] == WRITE) {
-                const T* mem = saved + (size_t)(--g) * M * M;
-                for (int m = 0; m < M; m++) dB[m] = D[m];
-                for (int p = 0; p < M; p++) {
-                    T s = 0;
-                    for (int m = 0; m < M; m++) {
-                        T d = d_mem[p * M + m];
-                        s += d * (B[m] - mem[p * M + m]);
-                        dB[m] += A[p] * d;
-                        d_mem[p * M + m] = d * (1 - A[p]);
-                    }
-                    dA[p] = s;
-                }
-            } else {
-                gate_backward(codes[i], M, A, B, D, dA, dB);
-            }
-            for (int a = 0; a < arity[i]; a++) {   // (A, B) = W[i] V[:R+i]
-                const T* d = &dAB[(size_t)a * M];
-                const T* w = W + (size_t)(2 * i + a) * K;
-                T* dw = &dW[(size_t)(2 * i + a) * K];
-                for (int k = 0; k < R + i; k++) {
-                    T s = 0;
-                    for (int m = 0; m < M; m++) {
-                        dV[(size_t)k * M + m] += w[k] * d[m];
-                        s += d[m] * V[(size_t)k * M + m];
-                    }
-                    dw[k] = s;
-                }
+                std::memcpy(a.h_out + n * H, x2, sizeof(T) * H);
             }
         }
-        if (d_W_)
-            for (int j = 0; j < Q * 2 * K; j++) dW[j] += d_W_[(size_t)n * Q * 2 * K + j];
-        if (d_U_)
-            for (int j = 0; j < R * K; j++) dU[j] += d_U_[(size_t)n * R * K + j];
-        for (int j = 0; j < Q * 2; j++)
-            softmax_grad(W + (size_t)j * K, &dW[(size_t)j * K], d_arg_logits_ + ((size_t)n * Q * 2 + j) * K, K, c);
-        for (int r = 0; r < R; r++)
-            softmax_grad(U + (size_t)r * K, &dU[(size_t)r * K], d_reg_logits_ + ((size_t)n * R + r) * K, K, c);
-        std::memcpy(d_regs_in_ + (size_t)n * R * M, dV.data(), sizeof(T) * R * M);
-    }
+        rows_matmul(ne, s.x[2].data(), H, Wf[2], bf[2], H, O, s.y[2].data(), O);
+        if (a.X[0])
+            for (int l = 0; l < 3; l++)
+                for (int e = 0; e < ne; e++)
+                    std::memcpy(a.X[l] + ((size_t)(b0 + e) * net.Tmax + net.t) * net.in[l],
+                                &s.x[l][(size_t)e * net.in[l]], sizeof(T) * net.in[l]);
+        for (int e = 0; e < ne; e++) {
+            const size_t n = b0 + e;
+            const T* logits = &s.y[2][(size_t)e * O];
+            T* W = a.W + n * Q * 2 * K;
+            T* U = a.U + n * R * K;
+            int off = 0;
+            for (int i = 0; i < Q; i++)
+                for (int j = 0; j < 2; j++) {
+                    T* w = W + (size_t)(2 * i + j) * K;
+                    if (j < c.arity[i]) {
+                        softmax(logits + off, w, R + i, K);
+                        off += R + i;
+                    } else {
+                        std::fill(w, w + K, T(0));
+                    }
+                }
+            for (int r = 0; r < R; r++) softmax(logits + off + r * K, U + (size_t)r * K, K, K);
+            a.f_out[n] = sigmoid(logits[O - 1]);
+            T* mem = a.mem_out + n * M * M;
+            circuit_forward_one(c, W, U, a.regs_in + n * R * M, a.mem_in + n * M * M, a.V + n * K * M,
+                                a.AB + n * Q * 2 * M, a.saved ? a.saved + n * c.G * M * M : nullptr,
+                                a.regs_out + n * R * M, mem, renorm);
+            if (a.ll_out) {
+                T ll = 0;
+                for (int i = 0; i < M; i++)
+                    ll += std::log(std::max(mem[(size_t)i * M + a.y[n * M + i]], eps)) * a.mask[n * M + i];
+                a.ll_out[n] = ll;
+            }
+        }
+    });
+}
+
+template <typename T>
+struct BwdArgs {
+    const int *codes, *arity, *values;
+    const T* Wt[3];
+    const T *W, *U, *V, *AB, *saved, *mem_out, *f, *ctl_save;
+    const int* y;
+    const T* mask;
+    const T* X[3];
+    const T *d_regs_out, *d_mem_out, *d_h_out, *d_c_out, *d_f, *d_ll, *d_W, *d_U;
+    T *d_regs_in, *d_mem_in, *d_h_in, *d_c_in;
+    T* D[3];
+};
+
+template <typename T>
+static void fused_backward(const Net& net, const Circuit& c, const BwdArgs<T>& a, int N, T clipc, T eps,
+                           int threads) {
+    const int R = c.R, Q = c.Q, K = c.K, M = c.M, H = net.H, O = net.O;
+    over_blocks<T>(net, c, N, threads, [&](Scratch<T>& s, int b0, int ne, int seed) {
+        for (int e = 0; e < ne; e++) {       // the circuit, back to the logits
+            const size_t n = b0 + e;
+            T* dm = a.d_mem_in + n * M * M;
+            if (a.d_mem_out) std::memcpy(dm, a.d_mem_out + n * M * M, sizeof(T) * M * M);
+            else std::fill(dm, dm + (size_t)M * M, T(0));
+            if (a.d_ll) {                     // ll = sum_i mask_i log(max(mem[i, y_i], eps))
+                const T* mem = a.mem_out + n * M * M;
+                for (int i = 0; i < M; i++) {
+                    const size_t at = (size_t)i * M + a.y[n * M + i];
+                    if (mem[at] >= eps) dm[at] += a.d_ll[n] * a.mask[n * M + i] / mem[at];
+                }
+            }
+            for (int j = 0; j < M * M; j++) dm[j] = clamp(dm[j], clipc);
+            for (int j = 0; j < R * M; j++) s.dR[j] = a.d_regs_out ? clamp(a.d_regs_out[n * R * M + j], clipc) : T(0);
+            const T* W = a.W + n * Q * 2 * K;
+            const T* U = a.U + n * R * K;
+            circuit_backward_one(c, W, U, a.V + n * K * M, a.AB + n * Q * 2 * M, a.saved + n * c.G * M * M,
+                                 s.dR.data(), dm, s.dW.data(), s.dU.data(), s.dV.data(), s.dAB.data());
+            if (a.d_W)
+                for (int j = 0; j < Q * 2 * K; j++) s.dW[j] += a.d_W[n * Q * 2 * K + j];
+            if (a.d_U)
+                for (int j = 0; j < R * K; j++) s.dU[j] += a.d_U[n * R * K + j];
+            T* dO = &s.dO[(size_t)e * O];
+            int off = 0;
+            for (int i = 0; i < Q; i++)
+                for (int j = 0; j < c.arity[i]; j++) {
+                    softmax_grad(W + (size_t)(2 * i + j) * K, &s.dW[(size_t)(2 * i + j) * K], dO + off, R + i, clipc);
+                    off += R + i;
+                }
+            for (int r = 0; r < R; r++)
+                softmax_grad(U + (size_t)r * K, &s.dU[(size_t)r * K], dO + off + r * K, K, clipc);
+            const T f = a.f[n];
+            dO[O - 1] = a.d_f ? clamp(a.d_f[n] * f * (1 - f), clipc) : T(0);
+            std::memcpy(a.d_regs_in + n * R * M, s.dV.data(), sizeof(T) * R * M);
+            std::memcpy(a.D[2] + (n * net.Tmax + net.t) * O, dO, sizeof(T) * O);
+        }
+        const T* Wt[3];
+        for (int l = 0; l < 3; l++) Wt[l] = a.Wt[l] + (size_t)seed * net.in[l] * net.out[l];
+        // head: d(head input) = dO W^T
+        rows_matmul(ne, s.dO.data(), O, Wt[2], (const T*)nullptr, O, H, s.dX.data(), H);
+        for (int e = 0; e < ne; e++) {
+            const size_t n = b0 + e, row = n * net.Tmax + net.t;
+            const T* dx2 = &s.dX[(size_t)e * H];
+            T* d1 = &s.dY[(size_t)e * net.out[1]];
+            if (net.kind == 0) {              // a2 = relu(l2 pre-activation)
+                const T* a2 = a.X[2] + row * H;
+                for (int j = 0; j < H; j++) d1[j] = a2[j] > 0 ? dx2[j] : T(0);
+            } else {
+                const T* keep = a.ctl_save + n * 6 * H;
+                for (int j = 0; j < H; j++) {
+                    T i = keep[j], f = keep[H + j], g = keep[2 * H + j], o = keep[3 * H + j];
+                    T c_prev = keep[4 * H + j], tc = keep[5 * H + j];
+                    T dh = dx2[j] + (a.d_h_out ? a.d_h_out[n * H + j] : T(0));
+                    T dc = (a.d_c_out ? a.d_c_out[n * H + j] : T(0)) + dh * o * (1 - tc * tc);
+                    d1[j] = dc * g * (i * (1 - i));
+                    d1[H + j] = dc * c_prev * (f * (1 - f));
+                    d1[2 * H + j] = dc * i * (1 - g * g);
+                    d1[3 * H + j] = dh * tc * (o * (1 - o));
+                    a.d_c_in[n * H + j] = dc * f;
+                }
+            }
+            std::memcpy(a.D[1] + row * net.out[1], d1, sizeof(T) * net.out[1]);
+        }
+        rows_matmul(ne, s.dY.data(), net.out[1], Wt[1], (const T*)nullptr, net.out[1], net.in[1], s.dX.data(), net.in[1]);
+        for (int e = 0; e < ne; e++) {
+            const size_t n = b0 + e, row = n * net.Tmax + net.t;
+            const T* dx1 = &s.dX[(size_t)e * net.in[1]];
+            const T* a1 = a.X[1] + row * net.in[1];
+            T* d0 = &s.d0[(size_t)e * H];
+            for (int j = 0; j < H; j++) d0[j] = a1[j] > 0 ? dx1[j] : T(0);
+            if (net.kind == 1) std::memcpy(a.d_h_in + n * H, dx1 + H, sizeof(T) * H);
+            std::memcpy(a.D[0] + row * H, d0, sizeof(T) * H);
+        }
+        rows_matmul(ne, s.d0.data(), H, Wt[0], (const T*)nullptr, H, R, s.dX.data(), R);
+        for (int e = 0; e < ne; e++)
+            for (int r = 0; r < R; r++) a.d_regs_in[((size_t)(b0 + e) * R + r) * M] += s.dX[(size_t)e * R + r];
+    });
+}
+
+static void net_dims(const int* v, Net& net, Circuit& c, int& N, int& renorm, int& threads) {
+    // v: N, S, B, R, Q, M, G, H, O, kind, renorm, threads, Tmax, t
+    N = v[0];
+    c.R = v[3]; c.Q = v[4]; c.K = v[3] + v[4]; c.M = v[5]; c.G = v[6];
+    net.S = v[1]; net.B = v[2]; net.H = v[7]; net.O = v[8]; net.kind = v[9];
+    renorm = v[10]; threads = v[11]; net.Tmax = v[12]; net.t = v[13];
+    const int H = net.H;
+    int in[3] = {c.R, net.kind ? 2 * H : H, H}, out[3] = {H, net.kind ? 4 * H : H, net.O};
+    for (int l = 0; l < 3; l++) { net.in[l] = in[l]; net.out[l] = out[l]; }
+}
+
+template <typename T>
+static void step_forward(const int* v, void** p, double eps) {
+    Net net; Circuit c; int N, renorm, threads;
+    net_dims(v, net, c, N, renorm, threads);
+    FwdArgs<T> a;
+    int k = 0;
+    a.codes = (const int*)p[k++]; a.arity = (const int*)p[k++]; a.values = (const int*)p[k++];
+    c.codes = a.codes; c.arity = a.arity; c.values = a.values;
+    for (int l = 0; l < 3; l++) { a.Wf[l] = (const T*)p[k++]; a.bf[l] = (const T*)p[k++]; }
+    a.regs_in = (const T*)p[k++]; a.mem_in = (const T*)p[k++]; a.h_in = (const T*)p[k++]; a.c_in = (const T*)p[k++];
+    a.y = (const int*)p[k++]; a.mask = (const T*)p[k++];
+    a.regs_out = (T*)p[k++]; a.mem_out = (T*)p[k++]; a.h_out = (T*)p[k++]; a.c_out = (T*)p[k++];
+    a.f_out = (T*)p[k++]; a.ll_out = (T*)p[k++]; a.W = (T*)p[k++]; a.U = (T*)p[k++]; a.V = (T*)p[k++];
+    a.AB = (T*)p[k++]; a.saved = (T*)p[k++]; a.ctl_save = (T*)p[k++];
+    for (int l = 0; l < 3; l++) a.X[l] = (T*)p[k++];
+    fused_forward<T>(net, c, a, N, renorm, (T)eps, threads);
+}
+
+template <typename T>
+static void step_backward(const int* v, void** p, double clipc, double eps) {
+    Net net; Circuit c; int N, renorm, threads;
+    net_dims(v, net, c, N, renorm, threads);
+    BwdArgs<T> a;
+    int k = 0;
+    a.codes = (const int*)p[k++]; a.arity = (const int*)p[k++]; a.values = (const int*)p[k++];
+    c.codes = a.codes; c.arity = a.arity; c.values = a.values;
+    for (int l = 0; l < 3; l++) a.Wt[l] = (const T*)p[k++];
+    a.W = (const T*)p[k++]; a.U = (const T*)p[k++]; a.V = (const T*)p[k++]; a.AB = (const T*)p[k++];
+    a.saved = (const T*)p[k++]; a.mem_out = (const T*)p[k++]; a.f = (const T*)p[k++]; a.ctl_save = (const T*)p[k++];
+    a.y = (const int*)p[k++]; a.mask = (const T*)p[k++];
+    for (int l = 0; l < 3; l++) a.X[l] = (const T*)p[k++];
+    a.d_regs_out = (const T*)p[k++]; a.d_mem_out = (const T*)p[k++]; a.d_h_out = (const T*)p[k++];
+    a.d_c_out = (const T*)p[k++]; a.d_f = (const T*)p[k++]; a.d_ll = (const T*)p[k++];
+    a.d_W = (const T*)p[k++]; a.d_U = (const T*)p[k++];
+    a.d_regs_in = (T*)p[k++]; a.d_mem_in = (T*)p[k++]; a.d_h_in = (T*)p[k++]; a.d_c_in = (T*)p[k++];
+    for (int l = 0; l < 3; l++) a.D[l] = (T*)p[k++];
+    fused_backward<T>(net, c, a, N, (T)clipc, (T)eps, threads);
 }
 
 extern "C" {
@@ -360,6 +806,12 @@ extern "C" {
                                    const int* arity, int threads) {                                    \
         backward<T>(W, U, V, AB, saved, d_regs, d_mem_out, d_W, d_U, (T)c, d_arg_logits,               \
                     d_reg_logits, d_regs_in, d_mem, N, R, Q, M, G, codes, arity, threads);             \
+    }                                                                                                  \
+    void step_forward_##suffix(const int* ints, void** ptrs, double eps) {                             \
+        step_forward<T>(ints, ptrs, eps);                                                              \
+    }                                                                                                  \
+    void step_backward_##suffix(const int* ints, void** ptrs, double clip, double eps) {               \
+        step_backward<T>(ints, ptrs, clip, eps);                                                       \
     }
 NRAM_EXPORT(float, f32)
 NRAM_EXPORT(double, f64)

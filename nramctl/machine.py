@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from . import circuit
+from . import circuit, fused
 from .controller import build_controller
 from .gates import circuit as gate_sequence
 
@@ -95,14 +95,19 @@ class StepOut(NamedTuple):
     weights: list                 # softmax weights (args [N, Q, 2, K], regs [N, R, K]) for the entropy
     outputs: Optional[list]       # gate outputs [N, M] each, when traced
     inputs: Optional[list]        # (A, B) per gate, when traced
+    ll: Optional[torch.Tensor] = None   # [N] the step's log-likelihood of the scored cells (fused step)
 
 
-def step(model, state, clip_c=None, renorm=True, trace=False):
+def step(model, state, clip_c=None, renorm=True, trace=False, unroll=None):
     """One fuzzy timestep: State -> (State, StepOut).
 
     The circuit (gate inputs, gates, registers, memory) is one fused autograd node (`circuit.py`);
     the activation clip and the renormalization act on what a step hands on: controller logits,
-    registers and memory."""
+    registers and memory. With an `unroll` (`fused.py`) the whole step, controller included, runs
+    in the compiled kernel and also gives the step's log-likelihood."""
+    if unroll is not None:
+        regs, mem, ctl, f, ll, args_w, regs_w = fused.step(unroll, state, state.t, clip_c, renorm)
+        return State(regs, mem, ctl, state.t + 1), StepOut(f, [args_w, regs_w], None, None, ll)
     ch, ctl = model.choose(state.registers[:, :, 0], state.ctl)
     outputs = inputs = None
     if trace:
@@ -174,13 +179,14 @@ def fuzzy_run(model, batch, clip_c=None, renorm=True, eps=1e-6, trace=False, ent
         return _streamed_run(model, batch, renorm, eps, need_loss)
     state = model.initial_state(batch.memory)
     y, T = batch.target[:, :, None], batch.T
-    stops, probs, memories, args_ws, regs_ws = [], [], [], [], []
+    stops, lls, memories, args_ws, regs_ws = [], [], [], [], []
     steps = [] if trace else None
+    unroll = _unroll(model, batch, eps, grad=True) if not trace else None
     for t in range(int(T.max())):
         before = state
-        state, out = step(model, state, clip_c, renorm, trace)
+        state, out = step(model, state, clip_c, renorm, trace, unroll)
         stops.append(out.stop)
-        probs.append(state.memory.gather(2, y).squeeze(2))          # P(cell i holds y_i), [N, M]
+        lls.append(out.ll if out.ll is not None else log_likelihood(state.memory, y, batch.mask, eps))
         memories.append(state.memory.detach())
         if entropy_bonus:
             args_ws.append(out.weights[0])
@@ -188,12 +194,11 @@ def fuzzy_run(model, batch, clip_c=None, renorm=True, eps=1e-6, trace=False, ent
         if trace:
             steps.append((before, out, state))
     stops = torch.stack(stops)                                        # [T, N]
-    ll = (torch.log(torch.stack(probs).clamp_min(eps)) * batch.mask).sum(-1)
-    loss = -(halting(stops, T) * ll).sum(0)
+    loss = -(halting(stops, T) * torch.stack(lls)).sum(0)
     h = None
     if entropy_bonus:
-        alive = (torch.arange(len(stops))[:, None] < T).to(ll.dtype)  # [T, N]
-        used = (model.arity[:, None] > torch.arange(2)[None, :]).to(ll.dtype)
+        alive = (torch.arange(len(stops))[:, None] < T).to(stops.dtype)  # [T, N]
+        used = (model.arity[:, None] > torch.arange(2)[None, :]).to(stops.dtype)
         h = (entropy(torch.stack(args_ws), eps) * used).sum((2, 3)) + entropy(torch.stack(regs_ws), eps).sum(2)
         h = (h * alive).sum(0)
     halt = halt_step(stops.detach(), T)
@@ -203,6 +208,18 @@ def fuzzy_run(model, batch, clip_c=None, renorm=True, eps=1e-6, trace=False, ent
         if len(rows):
             pred[rows] = mem[rows].argmax(-1)
     return RunOut(loss, h, pred, halt, steps)
+
+
+def log_likelihood(memory, y, mask, eps):
+    """[N]: sum over the scored cells i of log max(P(cell i holds y_i), eps); y [N, M, 1]."""
+    return (torch.log(memory.gather(2, y).squeeze(2).clamp_min(eps)) * mask).sum(-1)
+
+
+def _unroll(model, batch, eps, grad):
+    """The fused kernel's shared state for this run, or None where the fused step does not apply."""
+    if not fused.applies(model, model.arg_mask):
+        return None
+    return fused.Unroll(model, batch, int(batch.T.max()), eps, grad)
 
 
 def _streamed_run(model, batch, renorm, eps, need_loss):
@@ -216,11 +233,12 @@ def _streamed_run(model, batch, renorm, eps, need_loss):
     halted = torch.zeros(N, dtype=torch.bool)
     halt = torch.zeros(N, dtype=torch.long)
     pred = torch.empty_like(batch.memory)
+    unroll = _unroll(model, batch, eps, grad=False)
     for t in range(int(T.max())):
-        state, out = step(model, state, None, renorm)
+        state, out = step(model, state, None, renorm, unroll=unroll)
         f = out.stop
         if need_loss:
-            ll = (torch.log(state.memory.gather(2, y).squeeze(2).clamp_min(eps)) * batch.mask).sum(-1)
+            ll = out.ll if out.ll is not None else log_likelihood(state.memory, y, batch.mask, eps)
             loss -= halt_mass(f, remaining, t, T) * ll
             remaining = remaining * (1 - f)
         now = ~halted & stops_at(f, t, T)

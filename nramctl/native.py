@@ -7,6 +7,7 @@ build prints one warning line and is remembered (a `.failed` file beside where t
 holding the compiler's message), so later processes do not retry it for the same source and compiler.
 """
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernel.cpp")
-FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17"]
+FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c++17"]
 # With -fopenmp the kernel's loop over examples runs on OpenMP threads. torch is imported first and
 # brings its own libgomp.so.1, which the kernel then shares: one thread pool, no second set of threads
 # fighting torch's spinning workers for the cores (a std::thread pool measured several times slower).
@@ -122,6 +123,8 @@ def _load(cxx, flags):
     for s in _SUFFIX.values():
         getattr(lib, f"circuit_forward_{s}").argtypes = [p] * 11 + [i] * 5 + [p] * 3 + [i] * 2
         getattr(lib, f"circuit_backward_{s}").argtypes = [p] * 9 + [d] + [p] * 4 + [i] * 5 + [p] * 2 + [i]
+        getattr(lib, f"step_forward_{s}").argtypes = [p, p, d]
+        getattr(lib, f"step_backward_{s}").argtypes = [p, p, d, d]
     return lib, None
 
 
@@ -157,7 +160,13 @@ class Plan:
         self.Q, self.G = len(gates), sum(1 for g in gates if g.memory)
 
 
-def _threads(N):
+@functools.lru_cache(maxsize=None)
+def plan(gates):
+    """The kernel's description of a gate sequence (a tuple of gates), made once."""
+    return Plan(gates)
+
+
+def threads(N):
     """Threads for a call: torch's count, where the batch is large enough to share out."""
     return torch.get_num_threads() if N >= 64 else 1
 
@@ -175,7 +184,7 @@ def forward(plan, arg_logits, reg_logits, registers, memory, renorm, save=True):
     regs_out, mem_out = new(N, R, M), new(N, M, M)
     fn = getattr(library(), f"circuit_forward_{_SUFFIX[registers.dtype]}")
     fn(*map(_ptr, (*inputs, args_w, regs_w, V, AB, saved, regs_out, mem_out)), N, R, plan.Q, M, plan.G,
-       plan.codes, plan.arity, plan.values, int(renorm), _threads(N))
+       plan.codes, plan.arity, plan.values, int(renorm), threads(N))
     return regs_out, mem_out, args_w, regs_w, V, AB, saved
 
 
@@ -187,5 +196,5 @@ def backward(plan, args_w, regs_w, V, AB, saved, d_regs, d_mem, d_args_w, d_regs
     out = (torch.empty_like(args_w), torch.empty_like(regs_w), V.new_empty(N, R, M), V.new_empty(N, M, M))
     fn = getattr(library(), f"circuit_backward_{_SUFFIX[V.dtype]}")
     fn(*map(_ptr, (args_w, regs_w, V, AB, saved, *grads)), float(clip_c or 0.0), *map(_ptr, out),
-       N, R, plan.Q, M, plan.G, plan.codes, plan.arity, _threads(N))
+       N, R, plan.Q, M, plan.G, plan.codes, plan.arity, threads(N))
     return out

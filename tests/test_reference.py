@@ -158,3 +158,66 @@ def test_compiled_kernel_gives_the_same_bits_on_several_threads():
         torch.set_num_threads(before)
     for a, b in zip(*results):
         assert torch.isfinite(a).all() and torch.equal(a, b)
+
+
+def _run_and_grads(model, batch, entropy):
+    out = fuzzy_run(model, batch, clip_c=0.5, renorm=True, entropy_bonus=entropy)
+    obj = out.loss.sum() - (0.1 * out.entropy.sum() if entropy else 0)
+    model.zero_grad()
+    obj.backward()
+    return out, {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("kind", ["mlp", "lstm"])
+@pytest.mark.parametrize("R, names, hidden", [(4, None, 8), (2, ["READ", "INC", "WRITE"], 40)])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_fused_step_equals_pytorch_step(kind, R, names, hidden, dtype, tol, monkeypatch):
+    """The whole timestep in the kernel (`fused.py`: controller, head with only the used columns,
+    circuit, stop, log-likelihood; weight gradients from one product per layer) against the same run
+    as PyTorch ops: loss, entropy, predictions and every parameter's gradient. Three seeds of five
+    examples, so blocks of examples end at seed boundaries; a hidden size larger than the head's
+    used columns; the clip and the entropy bonus (gradients into the softmax weights) on."""
+    from nramctl import fused, native
+    from nramctl.gates import PAPER_GATES
+    if native.library() is None:
+        pytest.skip("no C++ compiler: the compiled kernel is unavailable")
+    torch.manual_seed(0)
+    model = NRAM(R, names or PAPER_GATES, controller=kind, hidden=hidden, seed_values=[3, 4, 5]).to(dtype)
+    batch = make_batch("copy", 9, [1, 2, 3, 4, 2] * 3, np.random.default_rng(1), "2*n+1")
+    assert fused.applies(model, model.arg_mask)
+    results = []
+    for lib in (native.library(), False):
+        monkeypatch.setattr(native, "_lib", lib)
+        results.append(_run_and_grads(model, batch, entropy=True))
+    (fast, g_fast), (slow, g_slow) = results
+    assert torch.allclose(fast.loss, slow.loss, rtol=tol, atol=tol)
+    assert torch.allclose(fast.entropy, slow.entropy, rtol=tol, atol=tol)
+    assert torch.equal(fast.pred, slow.pred) and torch.equal(fast.halt, slow.halt)
+    for k in g_slow:
+        scale = g_slow[k].abs().max().clamp_min(1e-12)
+        assert ((g_fast[k] - g_slow[k]).abs().max() / scale) < tol, k
+    # the head's unused columns get no gradient either way
+    unused = torch.ones(model.controller.head.weight.shape[-1], dtype=torch.bool)
+    unused[fused.head_columns(model)] = False
+    assert (g_fast["controller.head.weight"][:, :, unused] == 0).all()
+
+
+def test_fused_step_gives_the_same_bits_on_several_threads():
+    """The kernel shares examples out over threads; each example's arithmetic does not change."""
+    from nramctl import native
+    from nramctl.gates import PAPER_GATES
+    if native.library() is None:
+        pytest.skip("no C++ compiler: the compiled kernel is unavailable")
+    model = NRAM(4, PAPER_GATES, controller="lstm", hidden=16, seed_values=list(range(4)))
+    batch = make_batch("copy", 10, [1, 2, 3, 4] * 33, np.random.default_rng(2), "2*n+1")
+    results, before = [], torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(_run_and_grads(model, batch, entropy=False))
+    finally:
+        torch.set_num_threads(before)
+    (a, ga), (b, gb) = results
+    assert torch.equal(a.loss, b.loss) and torch.equal(a.pred, b.pred)
+    for k in ga:        # the weight gradients' batched products may sum in another order
+        assert torch.isfinite(ga[k]).all() and torch.allclose(ga[k], gb[k], rtol=1e-5, atol=1e-7), k
