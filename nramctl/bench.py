@@ -4,6 +4,7 @@ Measures the same work as `shared/bench/nram_naive.py`: B examples of M cells, T
 all 14 gates, random memory and targets with every cell scored; `seeds` models train side by side and
 their examples are all counted.
 """
+import os
 import resource
 import time
 
@@ -68,6 +69,49 @@ def run_baseline(script, batch, M, T, R, hidden, threads=None, steps=10):
     except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError):
         from .config import ConfigError
         raise ConfigError(f"--baseline {script}: could not run it or read its JSON line") from None
+
+
+STARTUP_COMMANDS = (["--help"], ["runs"], ["tasks"])
+_MINIMAL_TYPER_APP = """
+import typer
+app = typer.Typer()
+@app.command()
+def a(x: int = 1):
+    pass
+@app.command()
+def b(y: str = ""):
+    pass
+app()
+"""
+
+
+def bench_startup(repeats=7, runs_dir="runs"):
+    """Wall seconds (median of `repeats` fresh processes) of the commands that compute nothing, beside
+    two references: a process that only imports typer and rich, and a two-command typer app run with
+    one option (what any Typer CLI pays to parse a command line). [{command, seconds, ratio (to the
+    first reference), imports_torch}], references first."""
+    import statistics
+    import subprocess
+    import sys
+    cases = [("python -c 'import typer, rich'", "import typer, rich", []),
+             ("minimal typer app, one command", _MINIMAL_TYPER_APP, ["a", "--x", "2"])]
+    cases += [("nramctl " + " ".join(args), "from nramctl.cli import main\nmain()", args) for args in STARTUP_COMMANDS]
+    env = dict(os.environ, NRAMCTL_RUNS_DIR=str(runs_dir), COLUMNS="100")
+    rows = []
+    for name, body, args in cases:
+        # the body runs as a script with these arguments; at exit, say whether torch was imported
+        code = (f"import atexit, sys\nsys.argv = {['nramctl', *args]!r}\n"
+                "atexit.register(lambda: print('TORCH', 'torch' in sys.modules))\n" + body)
+        times, torch_seen = [], False
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout
+            times.append(time.perf_counter() - t0)
+            torch_seen = "TORCH True" in out
+        rows.append({"command": name, "seconds": statistics.median(times), "imports_torch": torch_seen})
+    for r in rows:
+        r["ratio"] = r["seconds"] / rows[0]["seconds"]
+    return rows
 
 
 def bench_discrete(M, steps=20000, R=4, seed=0):

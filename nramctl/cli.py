@@ -8,12 +8,10 @@ import time
 from pathlib import Path
 from typing import Annotated, List, Optional
 
-import numpy as np
 import typer
 
 from . import render
 from .config import ConfigError, check_memory, task_config, to_dict, unroll_bytes
-from .experiment import load_model, new_run, resume, seed_results, train as train_run
 from .gates import GateError
 from .runtime import keep_freed_memory
 from .runs import RunError, RunStore
@@ -97,6 +95,7 @@ def command(*args, **kwargs):
 
 def _model(runs_dir, ref):
     """(run, config, one-seed model, display name) for a run reference."""
+    from .experiment import load_model
     run, seed = RunStore(runs_dir).resolve(ref)
     cfg, model, seed = load_model(run, seed)
     return run, cfg, model, f"{run.name}/seed-{seed}" if cfg.train.seeds > 1 else run.name
@@ -157,6 +156,7 @@ def train(
     json: Json = False,
 ):
     """Train a model on a task with the paper's method; writes runs/run-N."""
+    from .experiment import new_run, resume, seed_results, train as train_run
     store = RunStore(runs_dir)
     if resume_run:
         if task_name:
@@ -244,6 +244,7 @@ def eval_cmd(
     run, cfg, model, name = _model(runs_dir, run_ref)
     _extend(cfg, extra)
     M, d = _memory(cfg, M, difficulty, fuzzy=not discrete)
+    import numpy as np
     res = evaluate(model, cfg, M, np.full(n, d), np.random.default_rng(seed), discrete)
     out = {"run": name, "task": cfg.task, "M": M, "difficulty": d, "n": n, "discrete": discrete,
            "T": cfg.T_of(d), "extra_steps": extra,
@@ -292,6 +293,7 @@ def _generalize(run, cfg, model, name, M, n, ds, discrete=False, extra="0", seed
     """Generalization rows at M over the difficulties ds, saved into the run as
     generalize-M{M}[-discrete][-extraK].json (unless it is read-only)."""
     from .evaluate import executor_generalization, generalization
+    import numpy as np
     rng = np.random.default_rng(seed)
     run_rows = executor_generalization if discrete else generalization
     out = {"run": name, "task": cfg.task, "M": M, "n": n, "discrete_only": discrete, "extra_steps": extra,
@@ -645,12 +647,20 @@ def bench(
                                                 "instead (e.g. --M 1000,10000,100000,1000000).")] = False,
     baseline: Annotated[Optional[Path], typer.Option(help="Also run this naive script (shared/bench/nram_naive.py) "
                                                           "with the same flags and print the ratio.")] = None,
+    startup: Annotated[bool, typer.Option("--startup", help="Instead: start-up time of the commands that compute "
+                                          "nothing (--help, runs, tasks), beside Python importing typer and "
+                                          "rich and a minimal Typer app; median of --steps fresh processes.")] = False,
     eval_memory: Annotated[bool, typer.Option("--eval-memory", help="Instead: peak memory of a fuzzy evaluation "
                                               "of pretrained/copy at each --M (--batch examples, the largest "
                                               "difficulty M holds), one fresh process per M.")] = False,
     json: Json = False,
 ):
     """Time full training steps (forward, backward, Adam) with all 14 gates on random data."""
+    if startup:
+        from .bench import bench_startup
+        rows = bench_startup(max(steps, 3))
+        render.emit_json(rows) if json else render.bench_startup_table(rows)
+        return
     import torch
     from .bench import bench_train, run_baseline
     if threads:
@@ -729,6 +739,7 @@ def tasks_sample(
 ):
     """Show generated examples of a task."""
     t = task(task_name)
+    import numpy as np
     rng = np.random.default_rng(seed)
     examples = []
     for _ in range(n):

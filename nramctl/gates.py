@@ -16,8 +16,6 @@ import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import torch
-
 
 class GateError(ValueError):
     """An unknown gate name."""
@@ -34,9 +32,13 @@ class Gate:
     grad: Optional[Callable] = None     # (A, B, dOut) -> (dA, dB): the fuzzy function's backward
 
 
+# torch is imported inside the functions that compute: listing or validating gates (`nramctl --help`,
+# `tasks`, `runs`) does not pay for importing it.
+
 @functools.lru_cache(maxsize=None)
 def _relations(M, dtype, device):
     """Fixed 0/1 matrices over {0..M-1}: rel[name][x, c] = [x name c], and the one-hot rows."""
+    import torch
     i = torch.arange(M, device=device)
     x, c = i[:, None], i[None, :]
     eye = torch.eye(M, dtype=dtype, device=device)
@@ -57,6 +59,7 @@ def _const(k):
 def _binary(s, A, B):
     """P(m = 1) = s [N], P(m = 0) = sum(A) sum(B) - s: the bilinear formula for a 0/1-valued gate
     (the mass sum(A) sum(B) is 1 on distributions; kept symbolic so gradients are the formula's)."""
+    import torch
     total = A.sum(-1) * B.sum(-1)
     return torch.nn.functional.pad(torch.stack([total - s, s], -1), (0, A.shape[-1] - 2))
 
@@ -64,6 +67,7 @@ def _binary(s, A, B):
 @functools.lru_cache(maxsize=None)
 def _shifts(M, sign, device):
     """[M * M] index: entry r * M + c holds (c + sign * r) mod M."""
+    import torch
     i = torch.arange(M, device=device)
     return ((i[None, :] + sign * i[:, None]) % M).flatten()
 
@@ -75,11 +79,18 @@ def _circulant(X, sign):
 
 
 def _add(A, B):   # P(a+b = c) = sum_a A[a] B[c-a]
+    import torch
     return torch.bmm(A[:, None, :], _circulant(B, -1))[:, 0]
 
 
 def _sub(A, B):   # P(a-b = c) = sum_b B[b] A[c+b]
+    import torch
     return torch.bmm(B[:, None, :], _circulant(A, 1))[:, 0]
+
+
+def _roll(X, k):  # INC (k = 1) and DEC (k = -1): out[c] = X[c - k]
+    import torch
+    return torch.roll(X, k, -1)
 
 
 def _lt(A, B):    # P(a < b) = sum_{a,b} A[a] [a < b] B[b]
@@ -146,12 +157,10 @@ GATES = {
     "ZERO":  _gate("ZERO", 0, "0", _const(0)),
     "ONE":   _gate("ONE", 0, "1 % M", _const(1)),
     "TWO":   _gate("TWO", 0, "2 % M", _const(2)),
-    "INC":   _gate("INC", 1, "(a + 1) % M", lambda A, B: torch.roll(A, 1, -1),
-                   lambda A, B, D: (torch.roll(D, -1, -1), None)),
+    "INC":   _gate("INC", 1, "(a + 1) % M", lambda A, B: _roll(A, 1), lambda A, B, D: (_roll(D, -1), None)),
     "ADD":   _gate("ADD", 2, "(a + b) % M", _add, _add_grad),
     "SUB":   _gate("SUB", 2, "(a - b) % M", _sub, _sub_grad),
-    "DEC":   _gate("DEC", 1, "(a - 1) % M", lambda A, B: torch.roll(A, -1, -1),
-                   lambda A, B, D: (torch.roll(D, 1, -1), None)),
+    "DEC":   _gate("DEC", 1, "(a - 1) % M", lambda A, B: _roll(A, -1), lambda A, B, D: (_roll(D, 1), None)),
     "LT":    _gate("LT", 2, "(a < b) * 1", _lt, _relation_grad("<", ">")),
     "LE":    _gate("LE", 2, "(a <= b) * 1", _le, _relation_grad("<=", ">=")),
     "EQ":    _gate("EQ", 2, "(a == b) * 1", _eq, _eq_grad),

@@ -21,7 +21,10 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernel.cpp")
-FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c++17"]
+FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17"]
+# -march=native: the SIMD of this CPU (AVX2, AVX-512) for the kernel's vector loops. A library built so
+# runs only on CPUs like this one, so the CPU's identity is part of the cached library's name.
+NATIVE = ["-march=native"]
 # With -fopenmp the kernel's loop over examples runs on OpenMP threads. torch is imported first and
 # brings its own libgomp.so.1, which the kernel then shares: one thread pool, no second set of threads
 # fighting torch's spinning workers for the cores (a std::thread pool measured several times slower).
@@ -81,7 +84,8 @@ def _build_and_load():
         _failure = f"no C++ compiler ({'CXX=' + os.environ['CXX'] + ' not found' if os.environ.get('CXX') else 'g++ or c++'})"
         return None
     errors = []
-    for flags in (FLAGS + ["-fopenmp"], FLAGS):      # without OpenMP the kernel runs on one thread
+    # without -march=native: generic SIMD; without OpenMP: one thread
+    for flags in (FLAGS + NATIVE + ["-fopenmp"], FLAGS + ["-fopenmp"], FLAGS):
         lib, err = _load(cxx, flags)
         if lib:
             return lib
@@ -93,7 +97,8 @@ def _build_and_load():
 def _load(cxx, flags):
     """(library, None), or (None, why) after a failed build or load."""
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(flags + cxx + [platform.machine()]).encode()).hexdigest()[:16]
+    machine = [platform.machine()] + ([cpu_identity()] if NATIVE[0] in flags else [])
+    key = hashlib.sha256(source + " ".join(flags + cxx + machine).encode()).hexdigest()[:16]
     target = cache_dir() / f"kernel-{key}.so"
     failed = target.with_suffix(".failed")
     if failed.exists():
@@ -128,13 +133,29 @@ def _load(cxx, flags):
     return lib, None
 
 
+def cpu_identity():
+    """The CPU's model and feature flags as one string (Linux's /proc/cpuinfo), else the processor
+    name Python reports."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            keep = {}
+            for line in fh:
+                name, _, value = line.partition(":")
+                name = name.strip()
+                if name in ("model name", "flags", "Features", "CPU part") and name not in keep:
+                    keep[name] = value.strip()
+            return " | ".join(f"{k}: {v}" for k, v in sorted(keep.items()))
+    except OSError:
+        return platform.processor()
+
+
 def _remember(failed, cxx, flags, message):
     """Record a failed build for this source and compiler, and say so once, in one line."""
     try:
         failed.write_text(f"{' '.join(cxx + flags)}\n{message}")
     except OSError:
         pass
-    if "-fopenmp" not in flags:          # the OpenMP attempt failing alone is not worth a word
+    if "-fopenmp" not in flags:          # the -march=native or OpenMP attempts failing alone are not worth a word
         print(f"nramctl: warning: the compiled circuit kernel did not build ({' '.join(cxx)}; see {failed}); "
               "using the PyTorch circuit (same results, slower)", file=sys.stderr)
 

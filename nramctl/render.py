@@ -289,6 +289,15 @@ def bench_eval_memory_table(rows):
     console.print(t)
 
 
+def bench_startup_table(rows):
+    t = Table(title="start-up: wall time from process start to exit (median of fresh processes)")
+    for c in ("command", "seconds", "x import typer, rich", "imports torch"):
+        t.add_column(c, justify="left" if c == "command" else "right")
+    for r in rows:
+        t.add_row(r["command"], f"{r['seconds']:.3f}", f"{r['ratio']:.2f}", "yes" if r["imports_torch"] else "no")
+    console.print(t)
+
+
 def bench_discrete_table(out):
     t = Table(title="discrete executor: time per executed timestep (14 gates, lookup-table controller)")
     for c in ("M", "steps", "µs/step", "steps/s", "peak RSS MB"):

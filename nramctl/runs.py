@@ -21,10 +21,9 @@ import socket
 import tempfile
 from pathlib import Path
 
-import torch
 import yaml
 
-from .config import ConfigError, from_dict, to_dict
+from .config import ConfigError, from_dict, parse_yaml, to_dict
 
 FORMAT, VERSION = "nramctl-checkpoint", 1
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -80,6 +79,7 @@ def atomic_write(path, data, mode="w"):
 
 
 def atomic_save(obj, path):
+    import torch                         # only commands that write checkpoints pay for importing torch
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -121,7 +121,7 @@ class Run:
 
     def config(self):
         try:
-            data = yaml.safe_load((self.path / "config.yaml").read_text())
+            data = parse_yaml((self.path / "config.yaml").read_text())
         except (OSError, yaml.YAMLError):
             raise RunError(f"{self.name}: config.yaml is missing or unreadable") from None
         try:
@@ -234,6 +234,7 @@ class Run:
         path = self.checkpoints / f"{which}.pt"
         if not path.exists():
             raise RunError(f"{self.name}: no checkpoint {which}.pt")
+        import torch
         try:
             ck = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .config import ConfigError, task_config
+from .config import ConfigError, parse_yaml, task_config
 from .population import wilson
 from .runs import RunError, RunStore, atomic_write
 from .tasks import task
@@ -170,7 +170,7 @@ def load(store, name):
     store.check_name(str(name))
     path = store.root / name / "sweep.yaml"
     try:
-        manifest = yaml.safe_load(path.read_text())
+        manifest = parse_yaml(path.read_text())
         assert isinstance(manifest, dict) and manifest.get("settings") is not None
     except (OSError, yaml.YAMLError, AssertionError):
         raise RunError(f"no sweep {name!r} in {store.root} (or its sweep.yaml is unreadable)") from None
@@ -271,7 +271,7 @@ def _ray_train(argv, env, root, name, marker):
     import tempfile
     sweep_name, sweep_id, ship = marker
     try:
-        shared = not ship and yaml.safe_load((Path(root) / sweep_name / "sweep.yaml").read_text())["id"] == sweep_id
+        shared = not ship and parse_yaml((Path(root) / sweep_name / "sweep.yaml").read_text())["id"] == sweep_id
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         shared = False
     where = root if shared else tempfile.mkdtemp(prefix="nramctl-")

@@ -9,8 +9,6 @@ import ast
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
 
 class TaskError(ValueError):
     """An unknown task, or a difficulty that the memory size cannot hold."""
@@ -22,11 +20,13 @@ def _values(rng, n, M, low=1, high=None):
 
 
 def _blank(M):
+    import numpy as np
     return np.zeros(M, dtype=np.int64), np.zeros(M, dtype=np.int64), np.zeros(M, dtype=bool)
 
 
 def _places(rng, count, width, start, M):
     """Random, non-overlapping blocks of `width` cells inside start..M-1, in random order."""
+    import numpy as np
     free = M - start - count * width
     offsets = np.sort(rng.choice(free + count, size=count, replace=False))
     starts = start + offsets + np.arange(count) * (width - 1)
@@ -87,6 +87,7 @@ def permutation(n, M, rng):
 
 def _linked_list(n, M, rng, mem):
     """n nodes (next, value) at random places from cell 3 on; returns node addresses in list order."""
+    import numpy as np
     nodes = _places(rng, n, 2, 3, M)
     mem[nodes] = np.append(nodes[1:], 0)
     mem[nodes + 1] = _values(rng, n, M)
@@ -107,6 +108,7 @@ def listk(n, M, rng):
 def listsearch(n, M, rng):
     """| head | v | out | ... nodes (next, value), free cells hold random trash ... |
     ->  cell 2 := address of the first node whose value is v."""
+    import numpy as np
     mem, target, mask = _blank(M)
     used = np.zeros(M, dtype=bool)
     used[:3] = True
@@ -122,6 +124,7 @@ def listsearch(n, M, rng):
 def merge(n, M, rng):
     """| a | b | o | A[0..n1-1] | G | B[0..n2-1] | G | out ... |, G = M - 1, n1 + n2 = n, A and B
     sorted with elements in 1..M-2   ->  the n merged elements in sorted order from o."""
+    import numpy as np
     mem, target, mask = _blank(M)
     n1 = int(rng.integers(0, n + 1))
     A, B = np.sort(_values(rng, n1, M, high=M - 2)), np.sort(_values(rng, n - n1, M, high=M - 2))
@@ -137,6 +140,7 @@ def merge(n, M, rng):
 def walkbst(n, M, rng):
     """| root | out | d_1 .. d_k | NULL | ... nodes (value, left, right) ... |, d_i = 1 left, 2 right
     ->  cell 1 := value of the node at the end of the path."""
+    import numpy as np
     mem, target, mask = _blank(M)
     values = rng.choice(np.arange(1, M), size=n, replace=False)
     left, right, depth = [-1] * n, [-1] * n, [0] * n
