@@ -79,13 +79,13 @@ class Circuit(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, arg_logits, reg_logits, registers, memory, gates, clip_c, renorm):
-        ctx.gates, ctx.clip_c = gates, clip_c
+        ctx.gates, ctx.clip_c, ctx.M = gates, clip_c, registers.shape[-1]
         ctx.set_materialize_grads(False)
         ctx.plan = native.plan(gates) if native.usable(arg_logits, reg_logits, registers, memory) else None
         if ctx.plan:
-            regs, mem, args_w, regs_w, V, AB, saved = native.forward(
+            regs, mem, args_w, regs_w, V, AB, saved, mem_in = native.forward(
                 ctx.plan, arg_logits, reg_logits, registers, memory, renorm, save=any(ctx.needs_input_grad))
-            ctx.save_for_backward(args_w, regs_w, V, AB, saved)
+            ctx.save_for_backward(args_w, regs_w, V, AB, saved, mem_in)
             return regs, mem, args_w, regs_w
         out = forward(gates, arg_logits, reg_logits, registers, memory, renorm)
         ctx.inputs, ctx.memories = out.inputs, out.memories
@@ -95,7 +95,7 @@ class Circuit(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_regs, d_mem, d_args_w, d_regs_w):
         if ctx.plan:
-            return (*native.backward(ctx.plan, *ctx.saved_tensors, d_regs, d_mem, d_args_w, d_regs_w,
+            return (*native.backward(ctx.plan, ctx.M, *ctx.saved_tensors, d_regs, d_mem, d_args_w, d_regs_w,
                                      ctx.clip_c), None, None, None)
         args_w, regs_w, V = ctx.saved_tensors
         memories = list(ctx.memories)

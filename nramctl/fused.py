@@ -50,7 +50,8 @@ def head_columns(model):
 
 
 def _ptr(t):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
+    """A tensor's address as a plain int (None: a null pointer), for a ctypes array of pointers."""
+    return None if t is None else t.data_ptr()
 
 
 class Unroll:
@@ -88,9 +89,11 @@ class Unroll:
         self.plan = native.plan(model.gates)
 
     def ints(self, t, renorm):
+        """The kernel's sizes. A whole timestep is some microseconds per example, so even 16 examples
+        (one seed's batch) are worth sharing out over the threads."""
         m = self.model
         return (ctypes.c_int * 14)(self.N, m.S, self.B, m.R, m.Q, self.M, self.plan.G, self.H, self.O, self.kind,
-                                   int(renorm), native.threads(self.N), self.steps, t)
+                                   int(renorm), native.threads(self.N, 16), self.steps, t)
 
     def weight_grads(self):
         """Every controller parameter's gradient over all timesteps: one batched product per layer."""
@@ -117,12 +120,13 @@ def _forward(unroll, t, regs, mem, h, c, renorm, save):
     lstm = u.kind == 1
     h_out, c_out = (new(N, u.H), new(N, u.H)) if lstm else (None, None)
     f, ll = new(N), new(N)
-    args_w, regs_w, V, AB = new(N, Q, 2, K), new(N, R, K), new(N, K, M), new(N, Q, 2, M)
+    P = native.padded(M)
+    args_w, regs_w, V, AB = new(N, Q, 2, K), new(N, R, K), new(N, K, P), new(N, Q, 2, P)
     saved = new(N, u.plan.G, M, M) if save else None
     keep = new(N, 6 * u.H) if save and lstm else None
     regs_out, mem_out = new(N, R, M), new(N, M, M)
     X = u.X if save else [None] * 3
-    ptrs = [u.plan.codes, u.plan.arity, u.plan.values]
+    ptrs = list(u.plan.addresses)
     for w, b in zip(u.Wf, u.bf):
         ptrs += [_ptr(w), _ptr(b)]
     ptrs += [_ptr(x) for x in (regs, mem, h.contiguous() if lstm else None, c.contiguous() if lstm else None,
@@ -130,7 +134,7 @@ def _forward(unroll, t, regs, mem, h, c, renorm, save):
                                saved, keep, *X)]
     fn = getattr(native.library(), f"step_forward_{_SUFFIX[regs.dtype]}")
     fn(u.ints(t, renorm), (ctypes.c_void_p * len(ptrs))(*ptrs), ctypes.c_double(u.eps))
-    return regs_out, mem_out, h_out, c_out, f, ll, args_w, regs_w, (args_w, regs_w, V, AB, saved, mem_out, f, keep)
+    return regs_out, mem_out, h_out, c_out, f, ll, args_w, regs_w, (args_w, regs_w, V, AB, saved, mem, mem_out, f, keep)
 
 
 class Step(torch.autograd.Function):
@@ -153,15 +157,15 @@ class Step(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_regs, d_mem, d_h, d_c, d_f, d_ll, d_args_w, d_regs_w):
         u, lstm = ctx.unroll, ctx.lstm
-        args_w, regs_w, V, AB, saved, mem_out, f, *keep = ctx.saved_tensors
-        N, R, M = V.shape[0], regs_w.shape[1], V.shape[-1]
+        args_w, regs_w, V, AB, saved, mem_in, mem_out, f, *keep = ctx.saved_tensors
+        N, R, M = V.shape[0], regs_w.shape[1], u.M
         new = V.new_empty
         d_regs_in, d_mem_in = new(N, R, M), new(N, M, M)
         d_h_in, d_c_in = (new(N, u.H), new(N, u.H)) if lstm else (None, None)
         grads = [x if x is None else x.contiguous()
                  for x in (d_regs, d_mem, d_h if lstm else None, d_c if lstm else None, d_f, d_ll, d_args_w, d_regs_w)]
-        ptrs = [u.plan.codes, u.plan.arity, u.plan.values, *map(_ptr, u.Wt)]
-        ptrs += [_ptr(x) for x in (args_w, regs_w, V, AB, saved, mem_out, f, keep[0] if keep else None,
+        ptrs = [*u.plan.addresses, *map(_ptr, u.Wt)]
+        ptrs += [_ptr(x) for x in (args_w, regs_w, V, AB, saved, mem_in, mem_out, f, keep[0] if keep else None,
                                    u.y, u.mask, *u.X, *grads, d_regs_in, d_mem_in, d_h_in, d_c_in, *u.D)]
         fn = getattr(native.library(), f"step_backward_{_SUFFIX[V.dtype]}")
         fn(u.ints(ctx.t, ctx.renorm), (ctypes.c_void_p * len(ptrs))(*ptrs),

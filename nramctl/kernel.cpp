@@ -191,40 +191,113 @@ static void softmax(const T* logits, T* w, int n, int K) {
 // One example's circuit, forward and backward. Shared by the circuit entry points (circuit.py's
 // autograd node) and the fused timestep below.
 
+// Rows of V (sources) and AB (gate inputs) are padded from M to P cells, a multiple of 8, with zeros,
+// so that the loops over cells run on whole vectors (GCC/Clang vector types, 8 lanes).
+inline int padded(int n) { return (n + 7) / 8 * 8; }
+
 struct Circuit {
     int R, Q, K, M, G;
     const int* codes;
     const int* arity;
     const int* values;
+    int P, K8;              // M and K rounded up to a multiple of 8
 };
 
-// Sources V[:R] = registers, then each gate's output; the gate inputs into AB; memory as each memory
-// gate saw it into saved (when not null); the new registers and memory, renormalized when asked.
+static Circuit make_circuit(int R, int Q, int M, int G, const int* codes, const int* arity, const int* values) {
+    return Circuit{R, Q, R + Q, M, G, codes, arity, values, padded(M), padded(R + Q)};
+}
+
+template <typename T> struct Lanes;
+template <> struct Lanes<float> {
+    typedef float v __attribute__((vector_size(32), aligned(4)));
+};
+template <> struct Lanes<double> {
+    typedef double v __attribute__((vector_size(64), aligned(8)));
+};
+
+// out[0:P] = sum_{k<n} w[k] rows[k][0:P] (rows P apart), accumulated in registers, 4 vectors at a time
+template <typename T>
+static inline void mix(const T* __restrict w, int n, const T* __restrict rows, int P, T* __restrict out) {
+    typedef typename Lanes<T>::v v;
+    const int nv = P / 8;
+    for (int c0 = 0; c0 < nv; c0 += 4) {
+        const int cn = std::min(4, nv - c0);
+        v acc[4] = {};
+        for (int k = 0; k < n; k++) {
+            const T wk = w[k];
+            const v* row = (const v*)(rows + (size_t)k * P) + c0;
+            for (int c = 0; c < 4; c++)
+                if (c < cn) acc[c] += wk * row[c];
+        }
+        for (int c = 0; c < cn; c++) ((v*)out)[c0 + c] = acc[c];
+    }
+}
+
+// rows[k][0:P] += w[k] d[0:P] for k < n
+template <typename T>
+static inline void spread(const T* __restrict w, int n, const T* __restrict d, T* __restrict rows, int P) {
+    typedef typename Lanes<T>::v v;
+    const int nv = P / 8;
+    for (int k = 0; k < n; k++) {
+        const T wk = w[k];
+        v* row = (v*)(rows + (size_t)k * P);
+        for (int c = 0; c < nv; c++) row[c] += wk * ((const v*)d)[c];
+    }
+}
+
+// out[j][0:L] = sum_{m<inner} A[j][m] B[m][0:L] for j < nrows (A rows lda apart, L a multiple of 8):
+// the dot products of A's rows with the columns of B, without a horizontal sum per product
+template <typename T>
+static inline void dots(const T* __restrict A, int nrows, int lda, int inner, const T* __restrict B, int L,
+                        T* __restrict out) {
+    typedef typename Lanes<T>::v v;
+    const int nv = L / 8;
+    for (int j = 0; j < nrows; j++)
+        for (int c0 = 0; c0 < nv; c0 += 4) {
+            const int cn = std::min(4, nv - c0);
+            v acc[4] = {};
+            for (int m = 0; m < inner; m++) {
+                const T a = A[(size_t)j * lda + m];
+                const v* row = (const v*)(B + (size_t)m * L) + c0;
+                for (int c = 0; c < 4; c++)
+                    if (c < cn) acc[c] += a * row[c];
+            }
+            for (int c = 0; c < cn; c++) ((v*)(out + (size_t)j * L))[c0 + c] = acc[c];
+        }
+}
+
+// The gate index of the circuit's first WRITE (Q if none). Memory gates up to it see the memory the
+// step began with, which the backward reads from there; only those after it need a saved copy, so G
+// counts the memory gates after the first WRITE (none for the paper's gate order).
+static int first_write(const Circuit& c) {
+    for (int i = 0; i < c.Q; i++)
+        if (c.codes[i] == WRITE) return i;
+    return c.Q;
+}
+
+// One example's circuit. V [K, P]: the registers, then each gate's output; AB [2Q, P]: the gate inputs;
+// saved [G, M, M] (when not null): memory as each memory gate after the first WRITE saw it; the new
+// registers [R, M] and memory [M, M], renormalized when asked. tmp: P cells of scratch.
 template <typename T>
 static void circuit_forward_one(const Circuit& c, const T* __restrict W, const T* __restrict U,
                                 const T* __restrict regs, const T* __restrict mem_in, T* __restrict V,
                                 T* __restrict AB, T* __restrict saved, T* __restrict new_regs,
-                                T* __restrict mem, int renorm) {
-    const int R = c.R, Q = c.Q, K = c.K, M = c.M;
+                                T* __restrict mem, int renorm, T* __restrict tmp) {
+    const int R = c.R, Q = c.Q, K = c.K, M = c.M, P = c.P;
     std::memcpy(mem, mem_in, sizeof(T) * M * M);
-    std::memcpy(V, regs, sizeof(T) * R * M);
+    for (int r = 0; r < R; r++) {
+        std::memcpy(V + (size_t)r * P, regs + (size_t)r * M, sizeof(T) * M);
+        std::fill(V + (size_t)r * P + M, V + (size_t)(r + 1) * P, T(0));
+    }
     int g = 0;
+    const int w0 = first_write(c);
     for (int i = 0; i < Q; i++) {
-        T* out = V + (size_t)(R + i) * M;
+        T* out = V + (size_t)(R + i) * P;
         const int ar = c.arity[i], code = c.codes[i];
-        for (int a = 0; a < ar; a++) {
-            T* __restrict x = AB + (size_t)(2 * i + a) * M;
-            const T* w = W + (size_t)(2 * i + a) * K;
-            std::fill(x, x + M, T(0));
-            for (int k = 0; k < R + i; k++) {
-                const T wk = w[k];
-                const T* __restrict v = V + (size_t)k * M;
-                for (int m = 0; m < M; m++) x[m] += wk * v[m];
-            }
-        }
-        const T* A = AB + (size_t)(2 * i) * M;
-        const T* B = ar ? AB + (size_t)(2 * i + ar - 1) * M : A;
-        if (saved && (code == READ || code == WRITE))   // no saving when no gradient is wanted
+        for (int a = 0; a < ar; a++) mix(W + (size_t)(2 * i + a) * K, R + i, V, P, AB + (size_t)(2 * i + a) * P);
+        const T* A = AB + (size_t)(2 * i) * P;
+        const T* B = ar ? AB + (size_t)(2 * i + ar - 1) * P : A;
+        if (saved && i > w0 && (code == READ || code == WRITE))   // no saving when no gradient is wanted
             std::memcpy(saved + (size_t)(g++) * M * M, mem, sizeof(T) * M * M);
         if (code == READ) {
             std::fill(out, out + M, T(0));
@@ -243,15 +316,11 @@ static void circuit_forward_one(const Circuit& c, const T* __restrict W, const T
         } else {
             gate_forward(code, M, c.values[i], A, B, out);
         }
+        std::fill(out + M, out + P, T(0));
     }
     for (int r = 0; r < R; r++) {
-        T* __restrict row = new_regs + (size_t)r * M;
-        std::fill(row, row + M, T(0));
-        for (int k = 0; k < K; k++) {
-            const T u = U[r * K + k];
-            const T* __restrict v = V + (size_t)k * M;
-            for (int m = 0; m < M; m++) row[m] += u * v[m];
-        }
+        mix(U + (size_t)r * K, K, V, P, tmp);
+        std::memcpy(new_regs + (size_t)r * M, tmp, sizeof(T) * M);
     }
     if (renorm) {
         for (int r = 0; r < R + M; r++) {
@@ -264,90 +333,91 @@ static void circuit_forward_one(const Circuit& c, const T* __restrict W, const T
     }
 }
 
-// Given dR (gradient of the new registers, clipped) and d_mem (of the memory after the step, clipped;
-// overwritten with the gradient of the memory before it): dW [Q, 2, K] and dU [R, K] of the softmax
-// weights (before the softmax's own backward), and dV [K, M], whose first R rows are the gradient of
-// the registers before the step. dAB: scratch of 2 M.
+// Per-example scratch of the circuit's backward. grads: the gradients of the 2Q gate inputs, then of
+// the R new registers, rows P apart, so that a source's gradient is one mixture of consecutive rows.
+template <typename T>
+struct CircuitScratch {
+    std::vector<T> dV, D, grads, VT, dW, dU, wt;
+    explicit CircuitScratch(const Circuit& c)
+        : dV((size_t)c.R * c.P), D(c.P), grads((size_t)(2 * c.Q + c.R) * c.P, T(0)), VT((size_t)c.P * c.K8),
+          dW((size_t)2 * c.Q * c.K8), dU((size_t)c.R * c.K8), wt(2 * c.Q + c.R) {}
+    T* dR(const Circuit& c) { return grads.data() + (size_t)2 * c.Q * c.P; }
+};
+
+// The weights with which source k's value entered each row of s.grads: W[j][k] for the gate inputs
+// from slot j0 on, then U[r][k]; -> how many.
+template <typename T>
+static inline int source_weights(const Circuit& c, const T* W, const T* U, int k, int j0, T* wt) {
+    int n = 0;
+    for (int j = j0; j < 2 * c.Q; j++) wt[n++] = W[(size_t)j * c.K + k];
+    for (int r = 0; r < c.R; r++) wt[n++] = U[(size_t)r * c.K + k];
+    return n;
+}
+
+// Given the gradient of the new registers (clipped, in s.dR) and d_mem (of the memory after the
+// step, clipped; overwritten with the gradient of the memory before it): s.dW [2Q, K8] and s.dU
+// [R, K8], the gradients of the softmax weights (before the softmax's own backward; entries of
+// sources a gate may not read are to be ignored), and s.dV [R, P], the gradient of the registers
+// before the step. A gate's output gradient is gathered when the walk back reaches it, from the new
+// registers and the inputs of the later gates (a mixture accumulated in registers).
 template <typename T>
 static void circuit_backward_one(const Circuit& c, const T* __restrict W, const T* __restrict U,
                                  const T* __restrict V, const T* __restrict AB, const T* __restrict saved,
-                                 const T* __restrict dR, T* __restrict d_mem, T* __restrict dW,
-                                 T* __restrict dU, T* __restrict dV, T* __restrict dAB) {
-    const int R = c.R, Q = c.Q, K = c.K, M = c.M;
-    std::fill(dV, dV + (size_t)K * M, T(0));
-    std::fill(dW, dW + (size_t)Q * 2 * K, T(0));
-    for (int r = 0; r < R; r++)        // new registers = U V
-        for (int k = 0; k < K; k++) {
-            const T u = U[r * K + k];
-            const T* __restrict d = dR + (size_t)r * M;
-            const T* __restrict v = V + (size_t)k * M;
-            T* __restrict dv = dV + (size_t)k * M;
-            T s = 0;
-            for (int m = 0; m < M; m++) {
-                dv[m] += u * d[m];
-                s += d[m] * v[m];
-            }
-            dU[r * K + k] = s;
-        }
+                                 const T* __restrict mem_in, T* __restrict d_mem, CircuitScratch<T>& s) {
+    const int R = c.R, Q = c.Q, K = c.K, M = c.M, P = c.P, K8 = c.K8;
+    T* grads = s.grads.data();
+    T* D = s.D.data();
+    std::fill(grads, grads + (size_t)2 * Q * P, T(0));
+    for (int k = 0; k < K8; k++)       // V transposed, for the weight gradients' dot products
+        for (int m = 0; m < P; m++) s.VT[(size_t)m * K8 + k] = k < K ? V[(size_t)k * P + m] : T(0);
+    dots(s.dR(c), R, P, M, s.VT.data(), K8, s.dU.data());
+    const int w0 = first_write(c);
     int g = c.G;
     for (int i = Q - 1; i >= 0; i--) {
         const int ar = c.arity[i], code = c.codes[i];
         if (!ar) continue;
-        const T* D = dV + (size_t)(R + i) * M;
-        const T* A = AB + (size_t)(2 * i) * M;
-        const T* B = AB + (size_t)(2 * i + ar - 1) * M;
-        T* dA = dAB;
-        T* dB = dAB + M;
-        std::fill(dAB, dAB + 2 * M, T(0));
+        const int j0 = 2 * (i + 1);
+        mix(s.wt.data(), source_weights(c, W, U, R + i, j0, s.wt.data()), grads + (size_t)j0 * P, P, D);
+        const T* A = AB + (size_t)(2 * i) * P;
+        const T* B = AB + (size_t)(2 * i + ar - 1) * P;
+        T* dA = grads + (size_t)(2 * i) * P;
+        T* dB = grads + (size_t)(2 * i + 1) * P;
         if (code == READ) {
-            const T* mem = saved + (size_t)(--g) * M * M;
+            const T* mem = i > w0 ? saved + (size_t)(--g) * M * M : mem_in;
             for (int p = 0; p < M; p++) {
                 const T ap = A[p];
                 const T* __restrict row = mem + (size_t)p * M;
                 T* __restrict drow = d_mem + (size_t)p * M;
-                T s = 0;
+                T sum = 0;
                 for (int m = 0; m < M; m++) {
-                    s += row[m] * D[m];
+                    sum += row[m] * D[m];
                     drow[m] += ap * D[m];
                 }
-                dA[p] = s;
+                dA[p] = sum;
             }
         } else if (code == WRITE) {
-            const T* mem = saved + (size_t)(--g) * M * M;
+            const T* mem = i > w0 ? saved + (size_t)(--g) * M * M : mem_in;
             for (int m = 0; m < M; m++) dB[m] = D[m];
             for (int p = 0; p < M; p++) {
                 const T ap = A[p];
                 const T* __restrict row = mem + (size_t)p * M;
                 T* __restrict drow = d_mem + (size_t)p * M;
-                T s = 0;
+                T sum = 0;
                 for (int m = 0; m < M; m++) {
                     const T d = drow[m];
-                    s += d * (B[m] - row[m]);
+                    sum += d * (B[m] - row[m]);
                     dB[m] += ap * d;
                     drow[m] = d * (1 - ap);
                 }
-                dA[p] = s;
+                dA[p] = sum;
             }
         } else {
             gate_backward(code, M, A, B, D, dA, dB);
         }
-        for (int a = 0; a < ar; a++) {   // (A, B) = W[i] V[:R+i]
-            const T* __restrict d = dAB + (size_t)a * M;
-            const T* w = W + (size_t)(2 * i + a) * K;
-            T* dw = dW + (size_t)(2 * i + a) * K;
-            for (int k = 0; k < R + i; k++) {
-                const T wk = w[k];
-                const T* __restrict v = V + (size_t)k * M;
-                T* __restrict dv = dV + (size_t)k * M;
-                T s = 0;
-                for (int m = 0; m < M; m++) {
-                    dv[m] += wk * d[m];
-                    s += d[m] * v[m];
-                }
-                dw[k] = s;
-            }
-        }
     }
+    for (int k = 0; k < R; k++)        // the registers before the step, from everything that read them
+        mix(s.wt.data(), source_weights(c, W, U, k, 0, s.wt.data()), grads, P, s.dV.data() + (size_t)k * P);
+    dots(grads, 2 * Q, P, M, s.VT.data(), K8, s.dW.data());
 }
 
 template <typename T>
@@ -363,6 +433,13 @@ static void softmax_grad(const T* w, const T* dw, T* out, int n, T c) {
 template <typename T>
 static inline T clamp(T x, T c) { return c > 0 ? std::min(std::max(x, -c), c) : x; }
 
+// Ask for the cache lines of x[0:n] ahead of their use.
+template <typename T>
+static inline void prefetch(const T* x, size_t n) {
+    const char* p = (const char*)x;
+    for (size_t b = 0; b < n * sizeof(T); b += 64) __builtin_prefetch(p + b);
+}
+
 // The examples [n0, n1) of this thread out of N (contiguous shares).
 static inline void share(int N, int threads, int& n0, int& n1) {
 #ifdef _OPENMP
@@ -375,58 +452,78 @@ static inline void share(int N, int threads, int& n0, int& n1) {
     n1 = (int)((long long)N * (t + 1) / nt);
 }
 
+// The clipped gradient of the new registers [R, M] (none: zeros) into s.dR, rows P apart.
+template <typename T>
+static void load_d_registers(const Circuit& c, const T* d_regs, T clipc, CircuitScratch<T>& s) {
+    T* dR = s.dR(c);
+    for (int r = 0; r < c.R; r++)
+        for (int m = 0; m < c.M; m++) dR[(size_t)r * c.P + m] = d_regs ? clamp(d_regs[(size_t)r * c.M + m], clipc) : T(0);
+}
+
+// The gradient of the registers before the step, out of s.dV, into [R, M].
+template <typename T>
+static void store_d_registers(const Circuit& c, const CircuitScratch<T>& s, T* d_regs_in) {
+    for (int r = 0; r < c.R; r++) std::memcpy(d_regs_in + (size_t)r * c.M, &s.dV[(size_t)r * c.P], sizeof(T) * c.M);
+}
+
 template <typename T>
 static void forward(const T* arg_logits_, const T* reg_logits_, const T* regs_, const T* mem_in_, T* W_,
                     T* U_, T* V_, T* AB_, T* saved_, T* new_regs_, T* mem_, int N, int R, int Q, int M,
                     int G, const int* codes, const int* arity, const int* values, int renorm,
                     int threads) {
-    const int K = R + Q;
-    const Circuit c{R, Q, K, M, G, codes, arity, values};
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int n = 0; n < N; n++) {
-        T* W = W_ + (size_t)n * Q * 2 * K;
-        T* U = U_ + (size_t)n * R * K;
-        for (int j = 0; j < Q * 2; j++)
-            softmax(arg_logits_ + ((size_t)n * Q * 2 + j) * K, W + (size_t)j * K, R + j / 2, K);
-        for (int r = 0; r < R; r++)
-            softmax(reg_logits_ + ((size_t)n * R + r) * K, U + (size_t)r * K, K, K);
-        circuit_forward_one(c, W, U, regs_ + (size_t)n * R * M, mem_in_ + (size_t)n * M * M,
-                            V_ + (size_t)n * K * M, AB_ + (size_t)n * Q * 2 * M,
-                            saved_ ? saved_ + (size_t)n * G * M * M : nullptr, new_regs_ + (size_t)n * R * M,
-                            mem_ + (size_t)n * M * M, renorm);
+    const Circuit c = make_circuit(R, Q, M, G, codes, arity, values);
+    const int K = c.K, P = c.P;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        std::vector<T> tmp(P);
+#pragma omp for schedule(static)
+        for (int n = 0; n < N; n++) {
+            T* W = W_ + (size_t)n * Q * 2 * K;
+            T* U = U_ + (size_t)n * R * K;
+            for (int j = 0; j < Q * 2; j++)
+                softmax(arg_logits_ + ((size_t)n * Q * 2 + j) * K, W + (size_t)j * K, R + j / 2, K);
+            for (int r = 0; r < R; r++)
+                softmax(reg_logits_ + ((size_t)n * R + r) * K, U + (size_t)r * K, K, K);
+            circuit_forward_one(c, W, U, regs_ + (size_t)n * R * M, mem_in_ + (size_t)n * M * M,
+                                V_ + (size_t)n * K * P, AB_ + (size_t)n * Q * 2 * P,
+                                saved_ ? saved_ + (size_t)n * G * M * M : nullptr, new_regs_ + (size_t)n * R * M,
+                                mem_ + (size_t)n * M * M, renorm, tmp.data());
+        }
     }
 }
 
 template <typename T>
-static void backward(const T* W_, const T* U_, const T* V_, const T* AB_, const T* saved_,
+static void backward(const T* W_, const T* U_, const T* V_, const T* AB_, const T* saved_, const T* mem_in_,
                      const T* d_regs_, const T* d_mem_out_, const T* d_W_, const T* d_U_, T c,
                      T* d_arg_logits_, T* d_reg_logits_, T* d_regs_in_, T* d_mem_, int N, int R, int Q,
                      int M, int G, const int* codes, const int* arity, int threads) {
-    const int K = R + Q;
-    const Circuit ci{R, Q, K, M, G, codes, arity, nullptr};
+    const Circuit ci = make_circuit(R, Q, M, G, codes, arity, nullptr);
+    const int K = ci.K, P = ci.P, K8 = ci.K8;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        std::vector<T> dV((size_t)K * M), dR((size_t)R * M, T(0)), dAB((size_t)2 * M);
-        std::vector<T> dW((size_t)Q * 2 * K), dU((size_t)R * K);
+        CircuitScratch<T> s(ci);
 #pragma omp for schedule(static)
         for (int n = 0; n < N; n++) {
             T* d_mem = d_mem_ + (size_t)n * M * M;
-            for (int j = 0; j < R * M; j++) dR[j] = d_regs_ ? clamp(d_regs_[(size_t)n * R * M + j], c) : T(0);
+            load_d_registers(ci, d_regs_ ? d_regs_ + (size_t)n * R * M : nullptr, c, s);
             for (int j = 0; j < M * M; j++) d_mem[j] = d_mem_out_ ? clamp(d_mem_out_[(size_t)n * M * M + j], c) : T(0);
             const T* W = W_ + (size_t)n * Q * 2 * K;
             const T* U = U_ + (size_t)n * R * K;
-            circuit_backward_one(ci, W, U, V_ + (size_t)n * K * M, AB_ + (size_t)n * Q * 2 * M,
-                                 saved_ + (size_t)n * G * M * M, dR.data(), d_mem, dW.data(), dU.data(),
-                                 dV.data(), dAB.data());
-            if (d_W_)
-                for (int j = 0; j < Q * 2 * K; j++) dW[j] += d_W_[(size_t)n * Q * 2 * K + j];
-            if (d_U_)
-                for (int j = 0; j < R * K; j++) dU[j] += d_U_[(size_t)n * R * K + j];
-            for (int j = 0; j < Q * 2; j++)
-                softmax_grad(W + (size_t)j * K, &dW[(size_t)j * K], d_arg_logits_ + ((size_t)n * Q * 2 + j) * K, K, c);
-            for (int r = 0; r < R; r++)
-                softmax_grad(U + (size_t)r * K, &dU[(size_t)r * K], d_reg_logits_ + ((size_t)n * R + r) * K, K, c);
-            std::memcpy(d_regs_in_ + (size_t)n * R * M, dV.data(), sizeof(T) * R * M);
+            circuit_backward_one(ci, W, U, V_ + (size_t)n * K * P, AB_ + (size_t)n * Q * 2 * P,
+                                 saved_ + (size_t)n * G * M * M, mem_in_ + (size_t)n * M * M, d_mem, s);
+            for (int j = 0; j < Q * 2; j++) {
+                T* dw = &s.dW[(size_t)j * K8];
+                if (d_W_)
+                    for (int k = 0; k < K; k++) dw[k] += d_W_[((size_t)n * Q * 2 + j) * K + k];
+                softmax_grad(W + (size_t)j * K, dw, d_arg_logits_ + ((size_t)n * Q * 2 + j) * K, K, c);
+            }
+            for (int r = 0; r < R; r++) {
+                T* du = &s.dU[(size_t)r * K8];
+                if (d_U_)
+                    for (int k = 0; k < K; k++) du[k] += d_U_[((size_t)n * R + r) * K + k];
+                softmax_grad(U + (size_t)r * K, du, d_reg_logits_ + ((size_t)n * R + r) * K, K, c);
+            }
+            store_d_registers(ci, s, d_regs_in_ + (size_t)n * R * M);
         }
     }
 }
@@ -492,14 +589,13 @@ static inline double exp_any(double x) { return std::exp(x); }
 
 template <typename T>
 static inline T sigmoid(T z) {
-    T e = exp_nonpositive(-std::abs(z));       // in (0, 1]
-    return z >= 0 ? T(1) / (T(1) + e) : e / (T(1) + e);
+    const T e = exp_nonpositive(-std::abs(z)), r = T(1) / (T(1) + e);     // e in (0, 1]
+    return z >= 0 ? r : e * r;
 }
 
 static inline float tanh_(float x) {
     float e = exp_nonpositive(-2.0f * std::abs(x));
-    float t = (1.0f - e) / (1.0f + e);
-    return x < 0 ? -t : t;
+    return std::copysign((1.0f - e) / (1.0f + e), x);
 }
 static inline double tanh_(double x) { return std::tanh(x); }
 
@@ -512,8 +608,9 @@ struct Net {
 // Per-thread scratch for one block.
 template <typename T>
 struct Scratch {
-    std::vector<T> x[3], y[3], dO, d0, dY, dX, dV, dAB, dW, dU, dR;
-    Scratch(const Net& net, const Circuit& c) {
+    std::vector<T> x[3], y[3], dO, d0, dY, dX, tmp, lstm;
+    CircuitScratch<T> circuit;
+    Scratch(const Net& net, const Circuit& c) : tmp(c.P), lstm((size_t)6 * net.H), circuit(c) {
         for (int l = 0; l < 3; l++) {
             x[l].assign((size_t)EB * net.in[l], T(0));
             y[l].assign((size_t)EB * net.out[l], T(0));
@@ -523,11 +620,6 @@ struct Scratch {
         d0.assign((size_t)EB * net.H, T(0));
         dY.assign((size_t)EB * widest, T(0));
         dX.assign((size_t)EB * widest, T(0));
-        dV.assign((size_t)c.K * c.M, T(0));
-        dAB.assign((size_t)2 * c.M, T(0));
-        dW.assign((size_t)c.Q * 2 * c.K, T(0));
-        dU.assign((size_t)c.R * c.K, T(0));
-        dR.assign((size_t)c.R * c.M, T(0));
     }
 };
 
@@ -591,16 +683,17 @@ static void fused_forward(const Net& net, const Circuit& c, const FwdArgs<T>& a,
                 const size_t n = b0 + e;
                 const T* c_prev = a.c_in + n * H;
                 T* c_new = a.c_out + n * H;
-                T* keep = a.ctl_save ? a.ctl_save + n * 6 * H : nullptr;
+                // (i, f, g, o, c_prev, tanh c) for the backward, or scratch; branch-free loops vectorize
+                T* __restrict keep = a.ctl_save ? a.ctl_save + n * 6 * H : s.lstm.data();
+                for (int j = 0; j < 2 * H; j++) keep[j] = sigmoid(z[j]);
+                for (int j = 2 * H; j < 3 * H; j++) keep[j] = tanh_(z[j]);
+                for (int j = 3 * H; j < 4 * H; j++) keep[j] = sigmoid(z[j]);
                 for (int j = 0; j < H; j++) {
-                    T i = sigmoid(z[j]), f = sigmoid(z[H + j]), g = tanh_(z[2 * H + j]), o = sigmoid(z[3 * H + j]);
-                    T cn = f * c_prev[j] + i * g, tc = tanh_(cn);
+                    const T cn = keep[H + j] * c_prev[j] + keep[j] * keep[2 * H + j], tc = tanh_(cn);
                     c_new[j] = cn;
-                    x2[j] = o * tc;
-                    if (keep) {
-                        keep[j] = i; keep[H + j] = f; keep[2 * H + j] = g; keep[3 * H + j] = o;
-                        keep[4 * H + j] = c_prev[j]; keep[5 * H + j] = tc;
-                    }
+                    x2[j] = keep[3 * H + j] * tc;
+                    keep[4 * H + j] = c_prev[j];
+                    keep[5 * H + j] = tc;
                 }
                 std::memcpy(a.h_out + n * H, x2, sizeof(T) * H);
             }
@@ -630,9 +723,9 @@ static void fused_forward(const Net& net, const Circuit& c, const FwdArgs<T>& a,
             for (int r = 0; r < R; r++) softmax(logits + off + r * K, U + (size_t)r * K, K, K);
             a.f_out[n] = sigmoid(logits[O - 1]);
             T* mem = a.mem_out + n * M * M;
-            circuit_forward_one(c, W, U, a.regs_in + n * R * M, a.mem_in + n * M * M, a.V + n * K * M,
-                                a.AB + n * Q * 2 * M, a.saved ? a.saved + n * c.G * M * M : nullptr,
-                                a.regs_out + n * R * M, mem, renorm);
+            circuit_forward_one(c, W, U, a.regs_in + n * R * M, a.mem_in + n * M * M, a.V + n * K * c.P,
+                                a.AB + n * Q * 2 * c.P, a.saved ? a.saved + n * c.G * M * M : nullptr,
+                                a.regs_out + n * R * M, mem, renorm, s.tmp.data());
             if (a.ll_out) {
                 T ll = 0;
                 for (int i = 0; i < M; i++)
@@ -647,7 +740,7 @@ template <typename T>
 struct BwdArgs {
     const int *codes, *arity, *values;
     const T* Wt[3];
-    const T *W, *U, *V, *AB, *saved, *mem_out, *f, *ctl_save;
+    const T *W, *U, *V, *AB, *saved, *mem_in, *mem_out, *f, *ctl_save;
     const int* y;
     const T* mask;
     const T* X[3];
@@ -663,6 +756,16 @@ static void fused_backward(const Net& net, const Circuit& c, const BwdArgs<T>& a
     over_blocks<T>(net, c, N, threads, [&](Scratch<T>& s, int b0, int ne, int seed) {
         for (int e = 0; e < ne; e++) {       // the circuit, back to the logits
             const size_t n = b0 + e;
+            if ((int)n + 1 < N) {              // what the forward saved comes from main memory: ask early
+                const size_t m = n + 1;
+                prefetch(a.W + m * Q * 2 * K, Q * 2 * K);
+                prefetch(a.U + m * R * K, R * K);
+                prefetch(a.V + m * K * c.P, K * c.P);
+                prefetch(a.AB + m * Q * 2 * c.P, Q * 2 * c.P);
+                prefetch(a.mem_in + m * M * M, M * M);
+                prefetch(a.mem_out + m * M * M, M * M);
+                if (a.d_mem_out) prefetch(a.d_mem_out + m * M * M, M * M);
+            }
             T* dm = a.d_mem_in + n * M * M;
             if (a.d_mem_out) std::memcpy(dm, a.d_mem_out + n * M * M, sizeof(T) * M * M);
             else std::fill(dm, dm + (size_t)M * M, T(0));
@@ -674,27 +777,31 @@ static void fused_backward(const Net& net, const Circuit& c, const BwdArgs<T>& a
                 }
             }
             for (int j = 0; j < M * M; j++) dm[j] = clamp(dm[j], clipc);
-            for (int j = 0; j < R * M; j++) s.dR[j] = a.d_regs_out ? clamp(a.d_regs_out[n * R * M + j], clipc) : T(0);
+            CircuitScratch<T>& cs = s.circuit;
+            load_d_registers(c, a.d_regs_out ? a.d_regs_out + n * R * M : nullptr, clipc, cs);
             const T* W = a.W + n * Q * 2 * K;
             const T* U = a.U + n * R * K;
-            circuit_backward_one(c, W, U, a.V + n * K * M, a.AB + n * Q * 2 * M, a.saved + n * c.G * M * M,
-                                 s.dR.data(), dm, s.dW.data(), s.dU.data(), s.dV.data(), s.dAB.data());
-            if (a.d_W)
-                for (int j = 0; j < Q * 2 * K; j++) s.dW[j] += a.d_W[n * Q * 2 * K + j];
-            if (a.d_U)
-                for (int j = 0; j < R * K; j++) s.dU[j] += a.d_U[n * R * K + j];
+            circuit_backward_one(c, W, U, a.V + n * K * c.P, a.AB + n * Q * 2 * c.P, a.saved + n * c.G * M * M,
+                                 a.mem_in + n * M * M, dm, cs);
             T* dO = &s.dO[(size_t)e * O];
             int off = 0;
             for (int i = 0; i < Q; i++)
                 for (int j = 0; j < c.arity[i]; j++) {
-                    softmax_grad(W + (size_t)(2 * i + j) * K, &s.dW[(size_t)(2 * i + j) * K], dO + off, R + i, clipc);
+                    T* dw = &cs.dW[(size_t)(2 * i + j) * c.K8];
+                    if (a.d_W)
+                        for (int k = 0; k < R + i; k++) dw[k] += a.d_W[(n * Q * 2 + 2 * i + j) * K + k];
+                    softmax_grad(W + (size_t)(2 * i + j) * K, dw, dO + off, R + i, clipc);
                     off += R + i;
                 }
-            for (int r = 0; r < R; r++)
-                softmax_grad(U + (size_t)r * K, &s.dU[(size_t)r * K], dO + off + r * K, K, clipc);
+            for (int r = 0; r < R; r++) {
+                T* du = &cs.dU[(size_t)r * c.K8];
+                if (a.d_U)
+                    for (int k = 0; k < K; k++) du[k] += a.d_U[(n * R + r) * K + k];
+                softmax_grad(U + (size_t)r * K, du, dO + off + r * K, K, clipc);
+            }
             const T f = a.f[n];
             dO[O - 1] = a.d_f ? clamp(a.d_f[n] * f * (1 - f), clipc) : T(0);
-            std::memcpy(a.d_regs_in + n * R * M, s.dV.data(), sizeof(T) * R * M);
+            store_d_registers(c, cs, a.d_regs_in + n * R * M);
             std::memcpy(a.D[2] + (n * net.Tmax + net.t) * O, dO, sizeof(T) * O);
         }
         const T* Wt[3];
@@ -743,7 +850,7 @@ static void fused_backward(const Net& net, const Circuit& c, const BwdArgs<T>& a
 static void net_dims(const int* v, Net& net, Circuit& c, int& N, int& renorm, int& threads) {
     // v: N, S, B, R, Q, M, G, H, O, kind, renorm, threads, Tmax, t
     N = v[0];
-    c.R = v[3]; c.Q = v[4]; c.K = v[3] + v[4]; c.M = v[5]; c.G = v[6];
+    c = make_circuit(v[3], v[4], v[5], v[6], nullptr, nullptr, nullptr);
     net.S = v[1]; net.B = v[2]; net.H = v[7]; net.O = v[8]; net.kind = v[9];
     renorm = v[10]; threads = v[11]; net.Tmax = v[12]; net.t = v[13];
     const int H = net.H;
@@ -779,7 +886,7 @@ static void step_backward(const int* v, void** p, double clipc, double eps) {
     c.codes = a.codes; c.arity = a.arity; c.values = a.values;
     for (int l = 0; l < 3; l++) a.Wt[l] = (const T*)p[k++];
     a.W = (const T*)p[k++]; a.U = (const T*)p[k++]; a.V = (const T*)p[k++]; a.AB = (const T*)p[k++];
-    a.saved = (const T*)p[k++]; a.mem_out = (const T*)p[k++]; a.f = (const T*)p[k++]; a.ctl_save = (const T*)p[k++];
+    a.saved = (const T*)p[k++]; a.mem_in = (const T*)p[k++]; a.mem_out = (const T*)p[k++]; a.f = (const T*)p[k++]; a.ctl_save = (const T*)p[k++];
     a.y = (const int*)p[k++]; a.mask = (const T*)p[k++];
     for (int l = 0; l < 3; l++) a.X[l] = (const T*)p[k++];
     a.d_regs_out = (const T*)p[k++]; a.d_mem_out = (const T*)p[k++]; a.d_h_out = (const T*)p[k++];
@@ -800,11 +907,11 @@ extern "C" {
                    M, G, codes, arity, values, renorm, threads);                                       \
     }                                                                                                  \
     void circuit_backward_##suffix(const T* W, const T* U, const T* V, const T* AB, const T* saved,    \
-                                   const T* d_regs, const T* d_mem_out, const T* d_W, const T* d_U,    \
+                                   const T* mem_in, const T* d_regs, const T* d_mem_out, const T* d_W, const T* d_U,    \
                                    double c, T* d_arg_logits, T* d_reg_logits, T* d_regs_in, T* d_mem, \
                                    int N, int R, int Q, int M, int G, const int* codes,                \
                                    const int* arity, int threads) {                                    \
-        backward<T>(W, U, V, AB, saved, d_regs, d_mem_out, d_W, d_U, (T)c, d_arg_logits,               \
+        backward<T>(W, U, V, AB, saved, mem_in, d_regs, d_mem_out, d_W, d_U, (T)c, d_arg_logits,               \
                     d_reg_logits, d_regs_in, d_mem, N, R, Q, M, G, codes, arity, threads);             \
     }                                                                                                  \
     void step_forward_##suffix(const int* ints, void** ptrs, double eps) {                             \

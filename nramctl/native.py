@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernel.cpp")
-FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17"]
+# -fno-trapping-math: no program here traps on floating-point exceptions, so loops with a select in
+# them (the exponentials of the softmaxes and the LSTM) may be vectorized; results are unchanged.
+FLAGS = ["-O3", "-fno-trapping-math", "-shared", "-fPIC", "-std=c++17"]
 # -march=native: the SIMD of this CPU (AVX2, AVX-512) for the kernel's vector loops. A library built so
 # runs only on CPUs like this one, so the CPU's identity is part of the cached library's name.
 NATIVE = ["-march=native"]
@@ -127,7 +129,7 @@ def _load(cxx, flags):
     p, i, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
     for s in _SUFFIX.values():
         getattr(lib, f"circuit_forward_{s}").argtypes = [p] * 11 + [i] * 5 + [p] * 3 + [i] * 2
-        getattr(lib, f"circuit_backward_{s}").argtypes = [p] * 9 + [d] + [p] * 4 + [i] * 5 + [p] * 2 + [i]
+        getattr(lib, f"circuit_backward_{s}").argtypes = [p] * 10 + [d] + [p] * 4 + [i] * 5 + [p] * 2 + [i]
         getattr(lib, f"step_forward_{s}").argtypes = [p, p, d]
         getattr(lib, f"step_backward_{s}").argtypes = [p, p, d, d]
     return lib, None
@@ -178,7 +180,10 @@ class Plan:
         self._arrays = [torch.tensor(x, dtype=torch.int32) for x in
                         ([CODES[g.name] for g in gates], [g.arity for g in gates], values)]
         self.codes, self.arity, self.values = map(_ptr, self._arrays)
-        self.Q, self.G = len(gates), sum(1 for g in gates if g.memory)
+        self.addresses = [a.data_ptr() for a in self._arrays]
+        # memory gates up to the first WRITE see the step's input memory; only those after it need a copy
+        first_write = next((i for i, g in enumerate(gates) if g.memory == "write"), len(gates))
+        self.Q, self.G = len(gates), sum(1 for g in gates[first_write + 1:] if g.memory)
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,35 +192,43 @@ def plan(gates):
     return Plan(gates)
 
 
-def threads(N):
-    """Threads for a call: torch's count, where the batch is large enough to share out."""
-    return torch.get_num_threads() if N >= 64 else 1
+def threads(N, least=64):
+    """Threads for a call: torch's count, where the batch (N examples, at least `least`) is large
+    enough to share out."""
+    return torch.get_num_threads() if N >= least else 1
+
+
+def padded(M):
+    """The kernel's row length for sources and gate inputs: M cells rounded up to a multiple of 8."""
+    return (M + 7) // 8 * 8
 
 
 def forward(plan, arg_logits, reg_logits, registers, memory, renorm, save=True):
-    """-> (new registers, memory, args_w, regs_w, V [N, K, M], AB [N, Q, 2, M], saved [N, G, M, M]):
-    the softmax weights, every source, the gate inputs and the memory as each memory gate saw it
+    """-> (new registers, memory, args_w, regs_w, V [N, K, P], AB [N, Q, 2, P], saved [N, G, M, M],
+    the input memory made contiguous): the softmax weights, every source, the gate inputs and the
+    memory as each memory gate after the first WRITE saw it
     (saved is None without `save`: evaluation keeps one memory per example, not G + 1)."""
     N, R, M = registers.shape
     K = R + plan.Q
     inputs = [t.contiguous() for t in (arg_logits, reg_logits, registers, memory)]
     new = registers.new_empty
     args_w, regs_w = new(N, plan.Q, 2, K), new(N, R, K)
-    V, AB, saved = new(N, K, M), new(N, plan.Q, 2, M), new(N, plan.G, M, M) if save else None
+    P = padded(M)
+    V, AB, saved = new(N, K, P), new(N, plan.Q, 2, P), new(N, plan.G, M, M) if save else None
     regs_out, mem_out = new(N, R, M), new(N, M, M)
     fn = getattr(library(), f"circuit_forward_{_SUFFIX[registers.dtype]}")
     fn(*map(_ptr, (*inputs, args_w, regs_w, V, AB, saved, regs_out, mem_out)), N, R, plan.Q, M, plan.G,
        plan.codes, plan.arity, plan.values, int(renorm), threads(N))
-    return regs_out, mem_out, args_w, regs_w, V, AB, saved
+    return regs_out, mem_out, args_w, regs_w, V, AB, saved, inputs[3]
 
 
-def backward(plan, args_w, regs_w, V, AB, saved, d_regs, d_mem, d_args_w, d_regs_w, clip_c):
-    """-> gradients of (arg logits, register logits, registers, memory)."""
+def backward(plan, M, args_w, regs_w, V, AB, saved, memory, d_regs, d_mem, d_args_w, d_regs_w, clip_c):
+    """-> gradients of (arg logits, register logits, registers, memory) of M cells (`memory`: the
+    step's input memory, contiguous)."""
     N, R, _ = regs_w.shape
-    M = V.shape[-1]
     grads = [t if t is None else t.contiguous() for t in (d_regs, d_mem, d_args_w, d_regs_w)]
     out = (torch.empty_like(args_w), torch.empty_like(regs_w), V.new_empty(N, R, M), V.new_empty(N, M, M))
     fn = getattr(library(), f"circuit_backward_{_SUFFIX[V.dtype]}")
-    fn(*map(_ptr, (args_w, regs_w, V, AB, saved, *grads)), float(clip_c or 0.0), *map(_ptr, out),
+    fn(*map(_ptr, (args_w, regs_w, V, AB, saved, memory, *grads)), float(clip_c or 0.0), *map(_ptr, out),
        N, R, plan.Q, M, plan.G, plan.codes, plan.arity, threads(N))
     return out
