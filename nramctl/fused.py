@@ -80,11 +80,12 @@ class Unroll:
         self.mask = batch.mask.to(dtype).contiguous()
         ins = [model.R, (2 if self.kind else 1) * self.H, self.H]
         outs = [self.H, (4 if self.kind else 1) * self.H, self.O]
-        if grad:
+        if grad:      # every row is written by the forward (X) or backward (D) of its timestep
             self.X = [torch.empty(N, steps, w, dtype=dtype) for w in ins]
-            self.D = [torch.zeros(N, steps, w, dtype=dtype) for w in outs]
+            self.D = [torch.empty(N, steps, w, dtype=dtype) for w in outs]
         else:
             self.X = self.D = [None] * 3
+        self.went_back = set()                 # timesteps whose backward has run
         self.pending = 0                       # timesteps run forward whose backward has not come
         self.plan = native.plan(model.gates)
 
@@ -98,6 +99,9 @@ class Unroll:
     def weight_grads(self):
         """Every controller parameter's gradient over all timesteps: one batched product per layer."""
         S, grads = self.model.S, []
+        for t in set(range(self.steps)) - self.went_back:     # a timestep no gradient reached
+            for D in self.D:
+                D[:, t].zero_()
         for layer, (X, D) in enumerate(zip(self.X, self.D)):
             X = X.view(S, -1, X.shape[-1])
             D = D.view(S, -1, D.shape[-1])
@@ -171,6 +175,7 @@ class Step(torch.autograd.Function):
         fn(u.ints(ctx.t, ctx.renorm), (ctypes.c_void_p * len(ptrs))(*ptrs),
            ctypes.c_double(ctx.clip_c or 0.0), ctypes.c_double(u.eps))
         u.pending -= 1
+        u.went_back.add(ctx.t)
         params = u.weight_grads() if u.pending == 0 else [None] * len(u.params)
         return (None, None, None, None, d_regs_in, d_mem_in, d_h_in, d_c_in, *params)
 
