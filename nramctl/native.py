@@ -52,8 +52,10 @@ def library():
 
 
 def backend():
-    """Which circuit computes a step here: 'compiled' (the kernel) or 'torch'."""
-    return "compiled" if library() is not None else "torch"
+    """What computes a training step here: 'fused' (the kernel runs the whole timestep, `fused.py`)
+    or 'torch' (PyTorch ops). Records written before the fused timestep say 'compiled': the kernel
+    then ran the circuit alone; its float32 results differ from both in the last bits."""
+    return "fused" if library() is not None else "torch"
 
 
 def compiler():

@@ -52,6 +52,6 @@ def test_shipped_model_says_how_it_was_trained(name):
     info = json.loads((PRETRAINED / name / "training.json").read_text())
     cfg = RunStore().resolve(f"pretrained/{name}")[0].config()           # its config.yaml
     assert info["task"] == cfg.task and info["seed"] == cfg.train.seed
-    assert info["circuit"] in ("compiled", "torch") and info["seeds_trained_together"] >= 1
+    assert info["circuit"] in ("fused", "compiled", "torch") and info["seeds_trained_together"] >= 1
     assert cfg.train.steps >= info["kept_step"]
     assert task_config(cfg.task).train.steps >= info["kept_step"]        # tasks.yaml as shipped reaches it
