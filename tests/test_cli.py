@@ -236,3 +236,16 @@ def test_reproduce_runs_the_protocol(cli):
     assert res["task"] == "access" and res["seeds_tried"] == 2
     assert [row["difficulty"] for row in res["rows"]] == list(range(1, 7))
     assert (cli.root / res["run"] / "checkpoints" / "best.pt").is_file()
+
+
+def test_commands_that_compute_nothing_do_not_import_torch(tmp_path):
+    """`--help`, `runs` and `tasks` start without torch (or numpy); `bench --startup` measures them."""
+    from nramctl.bench import STARTUP_COMMANDS
+    for args in STARTUP_COMMANDS:
+        code = ("import sys\nsys.argv = ['nramctl', *%r]\nfrom nramctl.cli import main\ntry:\n    main()\n"
+                "except SystemExit as e:\n    assert not e.code, e.code\n"
+                "print(sorted({'torch', 'numpy'} & set(sys.modules)))" % (args,))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ, NRAMCTL_RUNS_DIR=str(tmp_path)))
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().splitlines()[-1] == "[]", (args, out.stdout[-300:])
