@@ -125,7 +125,8 @@ def _forward(unroll, t, regs, mem, h, c, renorm, save):
     h_out, c_out = (new(N, u.H), new(N, u.H)) if lstm else (None, None)
     f, ll = new(N), new(N)
     P = native.padded(M)
-    args_w, regs_w, V, AB = new(N, Q, 2, K), new(N, R, K), new(N, K, P), new(N, Q, 2, P)
+    args_w, regs_w, AB = new(N, Q, 2, K), new(N, R, K), new(N, Q, 2, P)
+    V = new(N, P, native.padded(K)) if save else None       # the sources, transposed, for the backward
     saved = new(N, u.plan.G, M, M) if save else None
     keep = new(N, 6 * u.H) if save and lstm else None
     regs_out, mem_out = new(N, R, M), new(N, M, M)

@@ -275,14 +275,15 @@ static int first_write(const Circuit& c) {
     return c.Q;
 }
 
-// One example's circuit. V [K, P]: the registers, then each gate's output; AB [2Q, P]: the gate inputs;
+// One example's circuit. V [K, P] (scratch): the registers, then each gate's output, and VT [P, K8]
+// the same transposed, for the backward's dot products (when not null); AB [2Q, P]: the gate inputs;
 // saved [G, M, M] (when not null): memory as each memory gate after the first WRITE saw it; the new
 // registers [R, M] and memory [M, M], renormalized when asked. tmp: P cells of scratch.
 template <typename T>
 static void circuit_forward_one(const Circuit& c, const T* __restrict W, const T* __restrict U,
                                 const T* __restrict regs, const T* __restrict mem_in, T* __restrict V,
-                                T* __restrict AB, T* __restrict saved, T* __restrict new_regs,
-                                T* __restrict mem, int renorm, T* __restrict tmp) {
+                                T* __restrict VT, T* __restrict AB, T* __restrict saved,
+                                T* __restrict new_regs, T* __restrict mem, int renorm, T* __restrict tmp) {
     const int R = c.R, Q = c.Q, K = c.K, M = c.M, P = c.P;
     std::memcpy(mem, mem_in, sizeof(T) * M * M);
     for (int r = 0; r < R; r++) {
@@ -322,6 +323,9 @@ static void circuit_forward_one(const Circuit& c, const T* __restrict W, const T
         mix(U + (size_t)r * K, K, V, P, tmp);
         std::memcpy(new_regs + (size_t)r * M, tmp, sizeof(T) * M);
     }
+    if (VT)                                // transposed while V is in cache
+        for (int m = 0; m < P; m++)
+            for (int k = 0; k < c.K8; k++) VT[(size_t)m * c.K8 + k] = k < K ? V[(size_t)k * P + m] : T(0);
     if (renorm) {
         for (int r = 0; r < R + M; r++) {
             T* row = r < R ? new_regs + (size_t)r * M : mem + (size_t)(r - R) * M;
@@ -337,9 +341,9 @@ static void circuit_forward_one(const Circuit& c, const T* __restrict W, const T
 // the R new registers, rows P apart, so that a source's gradient is one mixture of consecutive rows.
 template <typename T>
 struct CircuitScratch {
-    std::vector<T> dV, D, grads, VT, dW, dU, wt;
+    std::vector<T> dV, D, grads, dW, dU, wt;
     explicit CircuitScratch(const Circuit& c)
-        : dV((size_t)c.R * c.P), D(c.P), grads((size_t)(2 * c.Q + c.R) * c.P, T(0)), VT((size_t)c.P * c.K8),
+        : dV((size_t)c.R * c.P), D(c.P), grads((size_t)(2 * c.Q + c.R) * c.P, T(0)),
           dW((size_t)2 * c.Q * c.K8), dU((size_t)c.R * c.K8), wt(2 * c.Q + c.R) {}
     T* dR(const Circuit& c) { return grads.data() + (size_t)2 * c.Q * c.P; }
 };
@@ -362,15 +366,13 @@ static inline int source_weights(const Circuit& c, const T* W, const T* U, int k
 // registers and the inputs of the later gates (a mixture accumulated in registers).
 template <typename T>
 static void circuit_backward_one(const Circuit& c, const T* __restrict W, const T* __restrict U,
-                                 const T* __restrict V, const T* __restrict AB, const T* __restrict saved,
+                                 const T* __restrict VT, const T* __restrict AB, const T* __restrict saved,
                                  const T* __restrict mem_in, T* __restrict d_mem, CircuitScratch<T>& s) {
-    const int R = c.R, Q = c.Q, K = c.K, M = c.M, P = c.P, K8 = c.K8;
+    const int R = c.R, Q = c.Q, M = c.M, P = c.P, K8 = c.K8;
     T* grads = s.grads.data();
     T* D = s.D.data();
     std::fill(grads, grads + (size_t)2 * Q * P, T(0));
-    for (int k = 0; k < K8; k++)       // V transposed, for the weight gradients' dot products
-        for (int m = 0; m < P; m++) s.VT[(size_t)m * K8 + k] = k < K ? V[(size_t)k * P + m] : T(0);
-    dots(s.dR(c), R, P, M, s.VT.data(), K8, s.dU.data());
+    dots(s.dR(c), R, P, M, VT, K8, s.dU.data());
     const int w0 = first_write(c);
     int g = c.G;
     for (int i = Q - 1; i >= 0; i--) {
@@ -417,7 +419,7 @@ static void circuit_backward_one(const Circuit& c, const T* __restrict W, const 
     }
     for (int k = 0; k < R; k++)        // the registers before the step, from everything that read them
         mix(s.wt.data(), source_weights(c, W, U, k, 0, s.wt.data()), grads, P, s.dV.data() + (size_t)k * P);
-    dots(grads, 2 * Q, P, M, s.VT.data(), K8, s.dW.data());
+    dots(grads, 2 * Q, P, M, VT, K8, s.dW.data());
 }
 
 template <typename T>
@@ -475,7 +477,7 @@ static void forward(const T* arg_logits_, const T* reg_logits_, const T* regs_, 
     const int K = c.K, P = c.P;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        std::vector<T> tmp(P);
+        std::vector<T> tmp(P), V((size_t)K * P);
 #pragma omp for schedule(static)
         for (int n = 0; n < N; n++) {
             T* W = W_ + (size_t)n * Q * 2 * K;
@@ -484,8 +486,8 @@ static void forward(const T* arg_logits_, const T* reg_logits_, const T* regs_, 
                 softmax(arg_logits_ + ((size_t)n * Q * 2 + j) * K, W + (size_t)j * K, R + j / 2, K);
             for (int r = 0; r < R; r++)
                 softmax(reg_logits_ + ((size_t)n * R + r) * K, U + (size_t)r * K, K, K);
-            circuit_forward_one(c, W, U, regs_ + (size_t)n * R * M, mem_in_ + (size_t)n * M * M,
-                                V_ + (size_t)n * K * P, AB_ + (size_t)n * Q * 2 * P,
+            circuit_forward_one(c, W, U, regs_ + (size_t)n * R * M, mem_in_ + (size_t)n * M * M, V.data(),
+                                V_ + (size_t)n * P * c.K8, AB_ + (size_t)n * Q * 2 * P,
                                 saved_ ? saved_ + (size_t)n * G * M * M : nullptr, new_regs_ + (size_t)n * R * M,
                                 mem_ + (size_t)n * M * M, renorm, tmp.data());
         }
@@ -509,7 +511,7 @@ static void backward(const T* W_, const T* U_, const T* V_, const T* AB_, const 
             for (int j = 0; j < M * M; j++) d_mem[j] = d_mem_out_ ? clamp(d_mem_out_[(size_t)n * M * M + j], c) : T(0);
             const T* W = W_ + (size_t)n * Q * 2 * K;
             const T* U = U_ + (size_t)n * R * K;
-            circuit_backward_one(ci, W, U, V_ + (size_t)n * K * P, AB_ + (size_t)n * Q * 2 * P,
+            circuit_backward_one(ci, W, U, V_ + (size_t)n * P * K8, AB_ + (size_t)n * Q * 2 * P,
                                  saved_ + (size_t)n * G * M * M, mem_in_ + (size_t)n * M * M, d_mem, s);
             for (int j = 0; j < Q * 2; j++) {
                 T* dw = &s.dW[(size_t)j * K8];
@@ -608,9 +610,10 @@ struct Net {
 // Per-thread scratch for one block.
 template <typename T>
 struct Scratch {
-    std::vector<T> x[3], y[3], dO, d0, dY, dX, tmp, lstm;
+    std::vector<T> x[3], y[3], dO, d0, dY, dX, tmp, lstm, V;
     CircuitScratch<T> circuit;
-    Scratch(const Net& net, const Circuit& c) : tmp(c.P), lstm((size_t)6 * net.H), circuit(c) {
+    Scratch(const Net& net, const Circuit& c)
+        : tmp(c.P), lstm((size_t)6 * net.H), V((size_t)c.K * c.P), circuit(c) {
         for (int l = 0; l < 3; l++) {
             x[l].assign((size_t)EB * net.in[l], T(0));
             y[l].assign((size_t)EB * net.out[l], T(0));
@@ -723,8 +726,8 @@ static void fused_forward(const Net& net, const Circuit& c, const FwdArgs<T>& a,
             for (int r = 0; r < R; r++) softmax(logits + off + r * K, U + (size_t)r * K, K, K);
             a.f_out[n] = sigmoid(logits[O - 1]);
             T* mem = a.mem_out + n * M * M;
-            circuit_forward_one(c, W, U, a.regs_in + n * R * M, a.mem_in + n * M * M, a.V + n * K * c.P,
-                                a.AB + n * Q * 2 * c.P, a.saved ? a.saved + n * c.G * M * M : nullptr,
+            circuit_forward_one(c, W, U, a.regs_in + n * R * M, a.mem_in + n * M * M, s.V.data(),
+                                a.V ? a.V + n * c.P * c.K8 : nullptr, a.AB + n * Q * 2 * c.P, a.saved ? a.saved + n * c.G * M * M : nullptr,
                                 a.regs_out + n * R * M, mem, renorm, s.tmp.data());
             if (a.ll_out) {
                 T ll = 0;
@@ -760,7 +763,7 @@ static void fused_backward(const Net& net, const Circuit& c, const BwdArgs<T>& a
                 const size_t m = n + 1;
                 prefetch(a.W + m * Q * 2 * K, Q * 2 * K);
                 prefetch(a.U + m * R * K, R * K);
-                prefetch(a.V + m * K * c.P, K * c.P);
+                prefetch(a.V + m * c.P * c.K8, c.P * c.K8);
                 prefetch(a.AB + m * Q * 2 * c.P, Q * 2 * c.P);
                 prefetch(a.mem_in + m * M * M, M * M);
                 prefetch(a.mem_out + m * M * M, M * M);
@@ -781,7 +784,7 @@ static void fused_backward(const Net& net, const Circuit& c, const BwdArgs<T>& a
             load_d_registers(c, a.d_regs_out ? a.d_regs_out + n * R * M : nullptr, clipc, cs);
             const T* W = a.W + n * Q * 2 * K;
             const T* U = a.U + n * R * K;
-            circuit_backward_one(c, W, U, a.V + n * K * c.P, a.AB + n * Q * 2 * c.P, a.saved + n * c.G * M * M,
+            circuit_backward_one(c, W, U, a.V + n * c.P * c.K8, a.AB + n * Q * 2 * c.P, a.saved + n * c.G * M * M,
                                  a.mem_in + n * M * M, dm, cs);
             T* dO = &s.dO[(size_t)e * O];
             int off = 0;

@@ -206,7 +206,8 @@ def padded(M):
 
 
 def forward(plan, arg_logits, reg_logits, registers, memory, renorm, save=True):
-    """-> (new registers, memory, args_w, regs_w, V [N, K, P], AB [N, Q, 2, P], saved [N, G, M, M],
+    """-> (new registers, memory, args_w, regs_w, V [N, P, K8] (the sources, transposed), AB [N, Q, 2, P],
+    saved [N, G, M, M],
     the input memory made contiguous): the softmax weights, every source, the gate inputs and the
     memory as each memory gate after the first WRITE saw it
     (saved is None without `save`: evaluation keeps one memory per example, not G + 1)."""
@@ -216,7 +217,7 @@ def forward(plan, arg_logits, reg_logits, registers, memory, renorm, save=True):
     new = registers.new_empty
     args_w, regs_w = new(N, plan.Q, 2, K), new(N, R, K)
     P = padded(M)
-    V, AB, saved = new(N, K, P), new(N, plan.Q, 2, P), new(N, plan.G, M, M) if save else None
+    V, AB, saved = new(N, P, padded(K)), new(N, plan.Q, 2, P), new(N, plan.G, M, M) if save else None
     regs_out, mem_out = new(N, R, M), new(N, M, M)
     fn = getattr(library(), f"circuit_forward_{_SUFFIX[registers.dtype]}")
     fn(*map(_ptr, (*inputs, args_w, regs_w, V, AB, saved, regs_out, mem_out)), N, R, plan.Q, M, plan.G,
