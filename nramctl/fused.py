@@ -3,7 +3,7 @@
 `machine.step` is the definition: the controller reads P(r_i = 0), its head emits the logits, the
 circuit (`circuit.py`) runs, f = sigmoid(stop logit). Run as PyTorch ops, a timestep is some forty
 small operations forward and backward whose bookkeeping costs more than their arithmetic at the batch
-sizes NRAM trains with. Here one kernel call (`kernel.cpp`, `step_forward_*`) does all of it per example,
+sizes NRAM trains with. Here one kernel call (`kernel/fused.h`, `step_forward_*`) does all of it per example,
 in cache, for blocks of examples of one seed, and one call (`step_backward_*`) goes back.
 
 Two things make it cheaper than the sum of its parts:

@@ -1,4 +1,4 @@
-"""The compiled circuit kernel (`kernel.cpp`): built once per machine with the system C++ compiler
+"""The compiled kernel (`kernel/kernel.cpp` and its headers): built once per machine with the system C++ compiler
 into the user's cache, loaded with ctypes.
 
 No compiler, a failed build, or NRAMCTL_NATIVE=0: the PyTorch circuit (`circuit.forward` and its
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("kernel.cpp")
+SOURCE = Path(__file__).with_name("kernel") / "kernel.cpp"       # includes the headers beside it
 # -fno-trapping-math: no program here traps on floating-point exceptions, so loops with a select in
 # them (the exponentials of the softmaxes and the LSTM) may be vectorized; results are unchanged.
 FLAGS = ["-O3", "-fno-trapping-math", "-shared", "-fPIC", "-std=c++17"]
@@ -31,7 +31,7 @@ NATIVE = ["-march=native"]
 # brings its own libgomp.so.1, which the kernel then shares: one thread pool, no second set of threads
 # fighting torch's spinning workers for the cores (a std::thread pool measured several times slower).
 
-# gate name -> kernel code, following the enum in kernel.cpp (a constant gate's value comes from its
+# gate name -> kernel code, following the enum in kernel/gates.h (a constant gate's value comes from its
 # integer function)
 CODES = {"READ": 0, "WRITE": 1, "ZERO": 2, "ONE": 2, "TWO": 2, "INC": 3, "DEC": 4, "ADD": 5, "SUB": 6,
          "LT": 7, "LE": 8, "EQ": 9, "MIN": 10, "MAX": 11}
@@ -100,7 +100,7 @@ def _build_and_load():
 
 def _load(cxx, flags):
     """(library, None), or (None, why) after a failed build or load."""
-    source = SOURCE.read_bytes()
+    source = b"".join(f.read_bytes() for f in sorted(SOURCE.parent.glob("*.[ch]*")))   # the .cpp and its .h
     machine = [platform.machine()] + ([cpu_identity()] if NATIVE[0] in flags else [])
     key = hashlib.sha256(source + " ".join(flags + cxx + machine).encode()).hexdigest()[:16]
     target = cache_dir() / f"kernel-{key}.so"

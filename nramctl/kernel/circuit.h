@@ -1,0 +1,273 @@
+// One example's circuit (gate inputs, gates, memory, registers), forward and backward, and the
+// helpers the entry points share. Shapes as in nramctl/circuit.py.
+#pragma once
+#include "gates.h"
+
+// Shared by the circuit entry points (circuit.py's autograd node, kernel.cpp) and the fused timestep
+// (fused.h).
+
+// Rows of V (sources) and AB (gate inputs) are padded from M to P cells, a multiple of 8, with zeros,
+// so that the loops over cells run on whole vectors (GCC/Clang vector types, 8 lanes).
+inline int padded(int n) { return (n + 7) / 8 * 8; }
+
+struct Circuit {
+    int R, Q, K, M, G;
+    const int* codes;
+    const int* arity;
+    const int* values;
+    int P, K8;              // M and K rounded up to a multiple of 8
+};
+
+static Circuit make_circuit(int R, int Q, int M, int G, const int* codes, const int* arity, const int* values) {
+    return Circuit{R, Q, R + Q, M, G, codes, arity, values, padded(M), padded(R + Q)};
+}
+
+template <typename T> struct Lanes;
+template <> struct Lanes<float> {
+    typedef float v __attribute__((vector_size(32), aligned(4)));
+};
+template <> struct Lanes<double> {
+    typedef double v __attribute__((vector_size(64), aligned(8)));
+};
+
+// out[0:P] = sum_{k<n} w[k] rows[k][0:P] (rows P apart), accumulated in registers, 4 vectors at a time
+template <typename T>
+static inline void mix(const T* __restrict w, int n, const T* __restrict rows, int P, T* __restrict out) {
+    typedef typename Lanes<T>::v v;
+    const int nv = P / 8;
+    for (int c0 = 0; c0 < nv; c0 += 4) {
+        const int cn = std::min(4, nv - c0);
+        v acc[4] = {};
+        for (int k = 0; k < n; k++) {
+            const T wk = w[k];
+            const v* row = (const v*)(rows + (size_t)k * P) + c0;
+            for (int c = 0; c < 4; c++)
+                if (c < cn) acc[c] += wk * row[c];
+        }
+        for (int c = 0; c < cn; c++) ((v*)out)[c0 + c] = acc[c];
+    }
+}
+
+// out[j][0:L] = sum_{m<inner} A[j][m] B[m][0:L] for j < nrows (A rows lda apart, L a multiple of 8):
+// the dot products of A's rows with the columns of B, without a horizontal sum per product
+template <typename T>
+static inline void dots(const T* __restrict A, int nrows, int lda, int inner, const T* __restrict B, int L,
+                        T* __restrict out) {
+    typedef typename Lanes<T>::v v;
+    const int nv = L / 8;
+    for (int j = 0; j < nrows; j++)
+        for (int c0 = 0; c0 < nv; c0 += 4) {
+            const int cn = std::min(4, nv - c0);
+            v acc[4] = {};
+            for (int m = 0; m < inner; m++) {
+                const T a = A[(size_t)j * lda + m];
+                const v* row = (const v*)(B + (size_t)m * L) + c0;
+                for (int c = 0; c < 4; c++)
+                    if (c < cn) acc[c] += a * row[c];
+            }
+            for (int c = 0; c < cn; c++) ((v*)(out + (size_t)j * L))[c0 + c] = acc[c];
+        }
+}
+
+// The gate index of the circuit's first WRITE (Q if none). Memory gates up to it see the memory the
+// step began with, which the backward reads from there; only those after it need a saved copy, so G
+// counts the memory gates after the first WRITE (none for the paper's gate order).
+static int first_write(const Circuit& c) {
+    for (int i = 0; i < c.Q; i++)
+        if (c.codes[i] == WRITE) return i;
+    return c.Q;
+}
+
+// One example's circuit. V [K, P] (scratch): the registers, then each gate's output, and VT [P, K8]
+// the same transposed, for the backward's dot products (when not null); AB [2Q, P]: the gate inputs;
+// saved [G, M, M] (when not null): memory as each memory gate after the first WRITE saw it; the new
+// registers [R, M] and memory [M, M], renormalized when asked. tmp: P cells of scratch.
+template <typename T>
+static void circuit_forward_one(const Circuit& c, const T* __restrict W, const T* __restrict U,
+                                const T* __restrict regs, const T* __restrict mem_in, T* __restrict V,
+                                T* __restrict VT, T* __restrict AB, T* __restrict saved,
+                                T* __restrict new_regs, T* __restrict mem, int renorm, T* __restrict tmp) {
+    const int R = c.R, Q = c.Q, K = c.K, M = c.M, P = c.P;
+    std::memcpy(mem, mem_in, sizeof(T) * M * M);
+    for (int r = 0; r < R; r++) {
+        std::memcpy(V + (size_t)r * P, regs + (size_t)r * M, sizeof(T) * M);
+        std::fill(V + (size_t)r * P + M, V + (size_t)(r + 1) * P, T(0));
+    }
+    int g = 0;
+    const int w0 = first_write(c);
+    for (int i = 0; i < Q; i++) {
+        T* out = V + (size_t)(R + i) * P;
+        const int ar = c.arity[i], code = c.codes[i];
+        for (int a = 0; a < ar; a++) mix(W + (size_t)(2 * i + a) * K, R + i, V, P, AB + (size_t)(2 * i + a) * P);
+        const T* A = AB + (size_t)(2 * i) * P;
+        const T* B = ar ? AB + (size_t)(2 * i + ar - 1) * P : A;
+        if (saved && i > w0 && (code == READ || code == WRITE))   // no saving when no gradient is wanted
+            std::memcpy(saved + (size_t)(g++) * M * M, mem, sizeof(T) * M * M);
+        if (code == READ) {
+            std::fill(out, out + M, T(0));
+            for (int p = 0; p < M; p++) {
+                const T ap = A[p];
+                const T* __restrict row = mem + (size_t)p * M;
+                for (int m = 0; m < M; m++) out[m] += ap * row[m];
+            }
+        } else if (code == WRITE) {
+            for (int p = 0; p < M; p++) {
+                const T ap = A[p];
+                T* __restrict row = mem + (size_t)p * M;
+                for (int m = 0; m < M; m++) row[m] += ap * (B[m] - row[m]);
+            }
+            std::memcpy(out, B, sizeof(T) * M);
+        } else {
+            gate_forward(code, M, c.values[i], A, B, out);
+        }
+        std::fill(out + M, out + P, T(0));
+    }
+    for (int r = 0; r < R; r++) {
+        mix(U + (size_t)r * K, K, V, P, tmp);
+        std::memcpy(new_regs + (size_t)r * M, tmp, sizeof(T) * M);
+    }
+    if (VT)                                // transposed while V is in cache
+        for (int m = 0; m < P; m++)
+            for (int k = 0; k < c.K8; k++) VT[(size_t)m * c.K8 + k] = k < K ? V[(size_t)k * P + m] : T(0);
+    if (renorm) {
+        for (int r = 0; r < R + M; r++) {
+            T* row = r < R ? new_regs + (size_t)r * M : mem + (size_t)(r - R) * M;
+            T s = 0;
+            for (int m = 0; m < M; m++) s += row[m];
+            const T inv = T(1) / s;
+            for (int m = 0; m < M; m++) row[m] *= inv;
+        }
+    }
+}
+
+// Per-example scratch of the circuit's backward. grads: the gradients of the 2Q gate inputs, then of
+// the R new registers, rows P apart, so that a source's gradient is one mixture of consecutive rows.
+template <typename T>
+struct CircuitScratch {
+    std::vector<T> dV, D, grads, dW, dU, wt;
+    explicit CircuitScratch(const Circuit& c)
+        : dV((size_t)c.R * c.P), D(c.P), grads((size_t)(2 * c.Q + c.R) * c.P, T(0)),
+          dW((size_t)2 * c.Q * c.K8), dU((size_t)c.R * c.K8), wt(2 * c.Q + c.R) {}
+    T* dR(const Circuit& c) { return grads.data() + (size_t)2 * c.Q * c.P; }
+};
+
+// The weights with which source k's value entered each row of s.grads: W[j][k] for the gate inputs
+// from slot j0 on, then U[r][k]; -> how many.
+template <typename T>
+static inline int source_weights(const Circuit& c, const T* W, const T* U, int k, int j0, T* wt) {
+    int n = 0;
+    for (int j = j0; j < 2 * c.Q; j++) wt[n++] = W[(size_t)j * c.K + k];
+    for (int r = 0; r < c.R; r++) wt[n++] = U[(size_t)r * c.K + k];
+    return n;
+}
+
+// Given the gradient of the new registers (clipped, in s.dR) and d_mem (of the memory after the
+// step, clipped; overwritten with the gradient of the memory before it): s.dW [2Q, K8] and s.dU
+// [R, K8], the gradients of the softmax weights (before the softmax's own backward; entries of
+// sources a gate may not read are to be ignored), and s.dV [R, P], the gradient of the registers
+// before the step. A gate's output gradient is gathered when the walk back reaches it, from the new
+// registers and the inputs of the later gates (a mixture accumulated in registers).
+template <typename T>
+static void circuit_backward_one(const Circuit& c, const T* __restrict W, const T* __restrict U,
+                                 const T* __restrict VT, const T* __restrict AB, const T* __restrict saved,
+                                 const T* __restrict mem_in, T* __restrict d_mem, CircuitScratch<T>& s) {
+    const int R = c.R, Q = c.Q, M = c.M, P = c.P, K8 = c.K8;
+    T* grads = s.grads.data();
+    T* D = s.D.data();
+    std::fill(grads, grads + (size_t)2 * Q * P, T(0));
+    dots(s.dR(c), R, P, M, VT, K8, s.dU.data());
+    const int w0 = first_write(c);
+    int g = c.G;
+    for (int i = Q - 1; i >= 0; i--) {
+        const int ar = c.arity[i], code = c.codes[i];
+        if (!ar) continue;
+        const int j0 = 2 * (i + 1);
+        mix(s.wt.data(), source_weights(c, W, U, R + i, j0, s.wt.data()), grads + (size_t)j0 * P, P, D);
+        const T* A = AB + (size_t)(2 * i) * P;
+        const T* B = AB + (size_t)(2 * i + ar - 1) * P;
+        T* dA = grads + (size_t)(2 * i) * P;
+        T* dB = grads + (size_t)(2 * i + 1) * P;
+        if (code == READ) {
+            const T* mem = i > w0 ? saved + (size_t)(--g) * M * M : mem_in;
+            for (int p = 0; p < M; p++) {
+                const T ap = A[p];
+                const T* __restrict row = mem + (size_t)p * M;
+                T* __restrict drow = d_mem + (size_t)p * M;
+                T sum = 0;
+                for (int m = 0; m < M; m++) {
+                    sum += row[m] * D[m];
+                    drow[m] += ap * D[m];
+                }
+                dA[p] = sum;
+            }
+        } else if (code == WRITE) {
+            const T* mem = i > w0 ? saved + (size_t)(--g) * M * M : mem_in;
+            for (int m = 0; m < M; m++) dB[m] = D[m];
+            for (int p = 0; p < M; p++) {
+                const T ap = A[p];
+                const T* __restrict row = mem + (size_t)p * M;
+                T* __restrict drow = d_mem + (size_t)p * M;
+                T sum = 0;
+                for (int m = 0; m < M; m++) {
+                    const T d = drow[m];
+                    sum += d * (B[m] - row[m]);
+                    dB[m] += ap * d;
+                    drow[m] = d * (1 - ap);
+                }
+                dA[p] = sum;
+            }
+        } else {
+            gate_backward(code, M, A, B, D, dA, dB);
+        }
+    }
+    for (int k = 0; k < R; k++)        // the registers before the step, from everything that read them
+        mix(s.wt.data(), source_weights(c, W, U, k, 0, s.wt.data()), grads, P, s.dV.data() + (size_t)k * P);
+    dots(grads, 2 * Q, P, M, VT, K8, s.dW.data());
+}
+
+template <typename T>
+static void softmax_grad(const T* w, const T* dw, T* out, int n, T c) {
+    T dot = 0;
+    for (int k = 0; k < n; k++) dot += w[k] * dw[k];
+    for (int k = 0; k < n; k++) {
+        T d = w[k] * (dw[k] - dot);
+        out[k] = c > 0 ? std::min(std::max(d, -c), c) : d;
+    }
+}
+
+template <typename T>
+static inline T clamp(T x, T c) { return c > 0 ? std::min(std::max(x, -c), c) : x; }
+
+// Ask for the cache lines of x[0:n] ahead of their use.
+template <typename T>
+static inline void prefetch(const T* x, size_t n) {
+    const char* p = (const char*)x;
+    for (size_t b = 0; b < n * sizeof(T); b += 64) __builtin_prefetch(p + b);
+}
+
+// The examples [n0, n1) of this thread out of N (contiguous shares).
+static inline void share(int N, int threads, int& n0, int& n1) {
+#ifdef _OPENMP
+    int t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    int t = 0, nt = 1;
+    (void)threads;
+#endif
+    n0 = (int)((long long)N * t / nt);
+    n1 = (int)((long long)N * (t + 1) / nt);
+}
+
+// The clipped gradient of the new registers [R, M] (none: zeros) into s.dR, rows P apart.
+template <typename T>
+static void load_d_registers(const Circuit& c, const T* d_regs, T clipc, CircuitScratch<T>& s) {
+    T* dR = s.dR(c);
+    for (int r = 0; r < c.R; r++)
+        for (int m = 0; m < c.M; m++) dR[(size_t)r * c.P + m] = d_regs ? clamp(d_regs[(size_t)r * c.M + m], clipc) : T(0);
+}
+
+// The gradient of the registers before the step, out of s.dV, into [R, M].
+template <typename T>
+static void store_d_registers(const Circuit& c, const CircuitScratch<T>& s, T* d_regs_in) {
+    for (int r = 0; r < c.R; r++) std::memcpy(d_regs_in + (size_t)r * c.M, &s.dV[(size_t)r * c.P], sizeof(T) * c.M);
+}
+

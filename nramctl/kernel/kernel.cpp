@@ -1,0 +1,154 @@
+// The compiled kernel's entry points: one NRAM timestep's circuit (circuit.py's autograd node), or the
+// whole timestep with the controller (fused.py), forward and backward, as plain loops over examples.
+//
+// Same computation as nramctl/circuit.py and machine.py (the definitions; tests/test_reference.py
+// checks them against each other and a plain autograd reference). Each example's registers and M x M
+// memory fit in cache, so one pass per example replaces a few hundred small tensor operations per
+// timestep. Built on first use by nramctl/native.py (with kernel/*.h) and called through ctypes on
+// contiguous tensors; with OpenMP the examples are shared out over torch's own threads.
+//
+// Shapes per example: W [Q, 2, K] gate-input weights, U [R, K] register weights, VT [P, K8] sources
+// (registers, then gate outputs) transposed, AB [Q, 2, P] gate inputs, saved [G, M, M] memory as each
+// memory gate after the first WRITE saw it; K = R + Q, P and K8 are M and K rounded up to 8.
+// Gate codes match native.py's CODES.
+#include "fused.h"
+
+// The circuit alone (circuit.py's autograd node): examples shared out over the threads.
+template <typename T>
+static void forward(const T* arg_logits_, const T* reg_logits_, const T* regs_, const T* mem_in_, T* W_,
+                    T* U_, T* V_, T* AB_, T* saved_, T* new_regs_, T* mem_, int N, int R, int Q, int M,
+                    int G, const int* codes, const int* arity, const int* values, int renorm,
+                    int threads) {
+    const Circuit c = make_circuit(R, Q, M, G, codes, arity, values);
+    const int K = c.K, P = c.P;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        std::vector<T> tmp(P), V((size_t)K * P);
+#pragma omp for schedule(static)
+        for (int n = 0; n < N; n++) {
+            T* W = W_ + (size_t)n * Q * 2 * K;
+            T* U = U_ + (size_t)n * R * K;
+            for (int j = 0; j < Q * 2; j++)
+                softmax(arg_logits_ + ((size_t)n * Q * 2 + j) * K, W + (size_t)j * K, R + j / 2, K);
+            for (int r = 0; r < R; r++)
+                softmax(reg_logits_ + ((size_t)n * R + r) * K, U + (size_t)r * K, K, K);
+            circuit_forward_one(c, W, U, regs_ + (size_t)n * R * M, mem_in_ + (size_t)n * M * M, V.data(),
+                                V_ + (size_t)n * P * c.K8, AB_ + (size_t)n * Q * 2 * P,
+                                saved_ ? saved_ + (size_t)n * G * M * M : nullptr, new_regs_ + (size_t)n * R * M,
+                                mem_ + (size_t)n * M * M, renorm, tmp.data());
+        }
+    }
+}
+
+template <typename T>
+static void backward(const T* W_, const T* U_, const T* V_, const T* AB_, const T* saved_, const T* mem_in_,
+                     const T* d_regs_, const T* d_mem_out_, const T* d_W_, const T* d_U_, T c,
+                     T* d_arg_logits_, T* d_reg_logits_, T* d_regs_in_, T* d_mem_, int N, int R, int Q,
+                     int M, int G, const int* codes, const int* arity, int threads) {
+    const Circuit ci = make_circuit(R, Q, M, G, codes, arity, nullptr);
+    const int K = ci.K, P = ci.P, K8 = ci.K8;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        CircuitScratch<T> s(ci);
+#pragma omp for schedule(static)
+        for (int n = 0; n < N; n++) {
+            T* d_mem = d_mem_ + (size_t)n * M * M;
+            load_d_registers(ci, d_regs_ ? d_regs_ + (size_t)n * R * M : nullptr, c, s);
+            for (int j = 0; j < M * M; j++) d_mem[j] = d_mem_out_ ? clamp(d_mem_out_[(size_t)n * M * M + j], c) : T(0);
+            const T* W = W_ + (size_t)n * Q * 2 * K;
+            const T* U = U_ + (size_t)n * R * K;
+            circuit_backward_one(ci, W, U, V_ + (size_t)n * P * K8, AB_ + (size_t)n * Q * 2 * P,
+                                 saved_ + (size_t)n * G * M * M, mem_in_ + (size_t)n * M * M, d_mem, s);
+            for (int j = 0; j < Q * 2; j++) {
+                T* dw = &s.dW[(size_t)j * K8];
+                if (d_W_)
+                    for (int k = 0; k < K; k++) dw[k] += d_W_[((size_t)n * Q * 2 + j) * K + k];
+                softmax_grad(W + (size_t)j * K, dw, d_arg_logits_ + ((size_t)n * Q * 2 + j) * K, K, c);
+            }
+            for (int r = 0; r < R; r++) {
+                T* du = &s.dU[(size_t)r * K8];
+                if (d_U_)
+                    for (int k = 0; k < K; k++) du[k] += d_U_[((size_t)n * R + r) * K + k];
+                softmax_grad(U + (size_t)r * K, du, d_reg_logits_ + ((size_t)n * R + r) * K, K, c);
+            }
+            store_d_registers(ci, s, d_regs_in_ + (size_t)n * R * M);
+        }
+    }
+}
+
+static void net_dims(const int* v, Net& net, Circuit& c, int& N, int& renorm, int& threads) {
+    // v: N, S, B, R, Q, M, G, H, O, kind, renorm, threads, Tmax, t
+    N = v[0];
+    c = make_circuit(v[3], v[4], v[5], v[6], nullptr, nullptr, nullptr);
+    net.S = v[1]; net.B = v[2]; net.H = v[7]; net.O = v[8]; net.kind = v[9];
+    renorm = v[10]; threads = v[11]; net.Tmax = v[12]; net.t = v[13];
+    const int H = net.H;
+    int in[3] = {c.R, net.kind ? 2 * H : H, H}, out[3] = {H, net.kind ? 4 * H : H, net.O};
+    for (int l = 0; l < 3; l++) { net.in[l] = in[l]; net.out[l] = out[l]; }
+}
+
+template <typename T>
+static void step_forward(const int* v, void** p, double eps) {
+    Net net; Circuit c; int N, renorm, threads;
+    net_dims(v, net, c, N, renorm, threads);
+    FwdArgs<T> a;
+    int k = 0;
+    a.codes = (const int*)p[k++]; a.arity = (const int*)p[k++]; a.values = (const int*)p[k++];
+    c.codes = a.codes; c.arity = a.arity; c.values = a.values;
+    for (int l = 0; l < 3; l++) { a.Wf[l] = (const T*)p[k++]; a.bf[l] = (const T*)p[k++]; }
+    a.regs_in = (const T*)p[k++]; a.mem_in = (const T*)p[k++]; a.h_in = (const T*)p[k++]; a.c_in = (const T*)p[k++];
+    a.y = (const int*)p[k++]; a.mask = (const T*)p[k++];
+    a.regs_out = (T*)p[k++]; a.mem_out = (T*)p[k++]; a.h_out = (T*)p[k++]; a.c_out = (T*)p[k++];
+    a.f_out = (T*)p[k++]; a.ll_out = (T*)p[k++]; a.W = (T*)p[k++]; a.U = (T*)p[k++]; a.V = (T*)p[k++];
+    a.AB = (T*)p[k++]; a.saved = (T*)p[k++]; a.ctl_save = (T*)p[k++];
+    for (int l = 0; l < 3; l++) a.X[l] = (T*)p[k++];
+    fused_forward<T>(net, c, a, N, renorm, (T)eps, threads);
+}
+
+template <typename T>
+static void step_backward(const int* v, void** p, double clipc, double eps) {
+    Net net; Circuit c; int N, renorm, threads;
+    net_dims(v, net, c, N, renorm, threads);
+    BwdArgs<T> a;
+    int k = 0;
+    a.codes = (const int*)p[k++]; a.arity = (const int*)p[k++]; a.values = (const int*)p[k++];
+    c.codes = a.codes; c.arity = a.arity; c.values = a.values;
+    for (int l = 0; l < 3; l++) a.Wt[l] = (const T*)p[k++];
+    a.W = (const T*)p[k++]; a.U = (const T*)p[k++]; a.V = (const T*)p[k++]; a.AB = (const T*)p[k++];
+    a.saved = (const T*)p[k++]; a.mem_in = (const T*)p[k++]; a.mem_out = (const T*)p[k++]; a.f = (const T*)p[k++]; a.ctl_save = (const T*)p[k++];
+    a.y = (const int*)p[k++]; a.mask = (const T*)p[k++];
+    for (int l = 0; l < 3; l++) a.X[l] = (const T*)p[k++];
+    a.d_regs_out = (const T*)p[k++]; a.d_mem_out = (const T*)p[k++]; a.d_h_out = (const T*)p[k++];
+    a.d_c_out = (const T*)p[k++]; a.d_f = (const T*)p[k++]; a.d_ll = (const T*)p[k++];
+    a.d_W = (const T*)p[k++]; a.d_U = (const T*)p[k++];
+    a.d_regs_in = (T*)p[k++]; a.d_mem_in = (T*)p[k++]; a.d_h_in = (T*)p[k++]; a.d_c_in = (T*)p[k++];
+    for (int l = 0; l < 3; l++) a.D[l] = (T*)p[k++];
+    fused_backward<T>(net, c, a, N, (T)clipc, (T)eps, threads);
+}
+
+extern "C" {
+#define NRAM_EXPORT(T, suffix)                                                                        \
+    void circuit_forward_##suffix(const T* arg_logits, const T* reg_logits, const T* regs,            \
+                                  const T* mem_in, T* W, T* U, T* V, T* AB, T* saved, T* new_regs,     \
+                                  T* mem, int N, int R, int Q, int M, int G, const int* codes,         \
+                                  const int* arity, const int* values, int renorm, int threads) {      \
+        forward<T>(arg_logits, reg_logits, regs, mem_in, W, U, V, AB, saved, new_regs, mem, N, R, Q,   \
+                   M, G, codes, arity, values, renorm, threads);                                       \
+    }                                                                                                  \
+    void circuit_backward_##suffix(const T* W, const T* U, const T* V, const T* AB, const T* saved,    \
+                                   const T* mem_in, const T* d_regs, const T* d_mem_out, const T* d_W, const T* d_U,    \
+                                   double c, T* d_arg_logits, T* d_reg_logits, T* d_regs_in, T* d_mem, \
+                                   int N, int R, int Q, int M, int G, const int* codes,                \
+                                   const int* arity, int threads) {                                    \
+        backward<T>(W, U, V, AB, saved, mem_in, d_regs, d_mem_out, d_W, d_U, (T)c, d_arg_logits,               \
+                    d_reg_logits, d_regs_in, d_mem, N, R, Q, M, G, codes, arity, threads);             \
+    }                                                                                                  \
+    void step_forward_##suffix(const int* ints, void** ptrs, double eps) {                             \
+        step_forward<T>(ints, ptrs, eps);                                                              \
+    }                                                                                                  \
+    void step_backward_##suffix(const int* ints, void** ptrs, double clip, double eps) {               \
+        step_backward<T>(ints, ptrs, clip, eps);                                                       \
+    }
+NRAM_EXPORT(float, f32)
+NRAM_EXPORT(double, f64)
+}
