@@ -54,6 +54,40 @@ def bench_train(batch=32, M=20, T=20, R=4, hidden=64, controller="lstm", seeds=1
             "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
+def bench_grid(Ms, thread_counts, seed_counts, repeat=1, baseline=None, **sizes):
+    """bench_train at every (M, threads, seeds), each the best of `repeat` timings; with a baseline
+    script, the naive step at every (M, threads) too (best of `repeat`). -> {rows, best}: one row per
+    timing, and per (M, seeds) the best over thread counts against the naive best over thread
+    counts (the README's ratio). threads None: torch's setting."""
+    import torch
+    before, rows, best = torch.get_num_threads(), [], []
+    try:
+        for m in Ms:
+            naive = {}
+            for th in thread_counts:
+                if th:
+                    torch.set_num_threads(th)
+                for s in seed_counts:
+                    runs = [bench_train(M=m, seeds=s, **sizes) for _ in range(repeat)]
+                    rows.append(max(runs, key=lambda r: r["example_timesteps_per_s"]))
+                if baseline:
+                    naive[th] = max(run_baseline(baseline, sizes["batch"], m, sizes["T"], sizes["R"],
+                                                 sizes["hidden"], th or torch.get_num_threads(), sizes["steps"])
+                                    for _ in range(repeat))
+                    for r in rows[-len(seed_counts):]:
+                        r["baseline_example_timesteps_per_s"] = naive[th]
+                        r["speedup"] = r["example_timesteps_per_s"] / naive[th]
+            for s in seed_counts:
+                ours = max(r["example_timesteps_per_s"] for r in rows if r["M"] == m and r["seeds"] == s)
+                entry = {"M": m, "seeds": s, "example_timesteps_per_s": ours}
+                if naive:
+                    entry.update(naive_example_timesteps_per_s=max(naive.values()), ratio=ours / max(naive.values()))
+                best.append(entry)
+    finally:
+        torch.set_num_threads(before)
+    return {"rows": rows, "best": best}
+
+
 def run_baseline(script, batch, M, T, R, hidden, threads=None, steps=10):
     """example_timesteps_per_s of the naive baseline script, run in a subprocess with the same flags."""
     import json

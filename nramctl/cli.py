@@ -60,6 +60,14 @@ Extra = Annotated[str, typer.Option("--extra-steps", help="Run K steps beyond th
                                     "for twice its steps: does the answer survive?")]
 
 
+def _int_list(flag, text):
+    """'20,50,100' -> [20, 50, 100], or a one-line error."""
+    try:
+        return [int(x) for x in str(text).split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected integers, got {text!r}") from None
+
+
 def _extend(cfg, extra):
     """Apply --extra-steps to a run's config (its T rule)."""
     from .data import extended_rule
@@ -640,9 +648,11 @@ def bench(
     R: Annotated[int, typer.Option("--R", help="Registers.")] = 4,
     hidden: Annotated[int, typer.Option(help="Controller hidden size.")] = 64,
     controller: Annotated[str, typer.Option(help="mlp or lstm.")] = "lstm",
-    seeds: Annotated[int, typer.Option(help="Models trained side by side.")] = 1,
+    seeds: Annotated[str, typer.Option(help="Models trained side by side (comma-separated list: one row each).")] = "1",
     steps: Annotated[int, typer.Option(help="Timed training steps.")] = 10,
-    threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: torch's).")] = None,
+    threads: Annotated[Optional[str], typer.Option(help="Torch threads (default: torch's; comma-separated list: "
+                                                        "one row each).")] = None,
+    repeat: Annotated[int, typer.Option(help="Time each row this many times and keep the best.")] = 1,
     discrete: Annotated[bool, typer.Option(help="Time the constant-time discrete executor at each --M "
                                                 "instead (e.g. --M 1000,10000,100000,1000000).")] = False,
     baseline: Annotated[Optional[Path], typer.Option(help="Also run this naive script (shared/bench/nram_naive.py) "
@@ -661,17 +671,13 @@ def bench(
         rows = bench_startup(max(steps, 3))
         render.emit_json(rows) if json else render.bench_startup_table(rows)
         return
-    import torch
-    from .bench import bench_train, run_baseline
-    if threads:
-        torch.set_num_threads(threads)
     if controller not in ("mlp", "lstm"):
         raise ConfigError(f"--controller: {controller!r} must be mlp or lstm")
-    try:
-        Ms = [int(m) for m in M.split(",")]
-    except ValueError:
-        raise ConfigError(f"--M: expected integers, got {M!r}") from None
-    if min(Ms) < 3 or min(batch, T, R, hidden, seeds, steps) < 1 or (threads is not None and threads < 1):
+    Ms, seed_counts = _int_list("--M", M), _int_list("--seeds", seeds)
+    thread_counts = _int_list("--threads", threads) if threads else [None]
+    seeds = max(seed_counts)
+    if (min(Ms) < 3 or min(batch, T, R, hidden, seeds, min(seed_counts), steps, repeat) < 1
+            or (threads and min(thread_counts) < 1)):
         raise ConfigError("--M must be >= 3 and every other size >= 1")
     if max(Ms) > (MAX_M if discrete else FUZZY_MAX_M):
         raise ConfigError(f"--M {max(Ms)}: at most {MAX_M if discrete else FUZZY_MAX_M:,}"
@@ -697,18 +703,14 @@ def bench(
         out = {"rows": rows, "slowest_over_fastest": flat}
         render.emit_json(out) if json else render.bench_discrete_table(out)
         return
-    rows = []
-    for m in Ms:
-        r = bench_train(batch, m, T, R, hidden, controller, seeds, steps)
-        if baseline:
-            base = run_baseline(baseline, batch, m, T, R, hidden, threads)
-            r["baseline_example_timesteps_per_s"] = base
-            r["speedup"] = r["example_timesteps_per_s"] / base
-        rows.append(r)
+    from .bench import bench_grid
+    out = bench_grid(Ms, thread_counts, seed_counts, repeat, baseline, batch=batch, T=T, R=R, hidden=hidden,
+                     controller=controller, steps=steps)
     if json:
-        render.emit_json(rows[0] if len(rows) == 1 else rows)
+        rows = out["rows"]
+        render.emit_json(rows[0] if len(rows) == 1 else out)
     else:
-        render.bench_table(rows)
+        render.bench_table(out)
 
 
 @tasks_app.callback()

@@ -246,23 +246,27 @@ def inspect_overview(tr):
     console.print(f"target {[v if m else '·' for v, m in zip(tr['target'], tr['mask'])]}")
 
 
-def bench_table(rows):
+def bench_table(out):
+    rows = out["rows"]
     r0 = rows[0]
-    t = Table(title=f"training step: batch {r0['batch']} x {r0['seeds']} seed(s), T={r0['T']}, R={r0['R']}, "
-                    f"H={r0['hidden']}, {r0['controller']}, {r0['gates']} gates, {r0['threads']} thread(s), "
-                    f"{r0['circuit']} circuit")
-    cols = ["M", "example-timesteps/s", "s/step", "peak RSS MB"]
+    t = Table(title=f"training step: batch {r0['batch']} per seed, T={r0['T']}, R={r0['R']}, H={r0['hidden']}, "
+                    f"{r0['controller']}, {r0['gates']} gates, {r0['circuit']} step")
+    cols = ["M", "threads", "seeds", "example-timesteps/s", "s/step", "peak RSS MB"]
     if "speedup" in r0:
         cols += ["naive ex-ts/s", "speedup"]
     for c in cols:
         t.add_column(c, justify="right")
     for r in rows:
-        cells = [str(r["M"]), f"{r['example_timesteps_per_s']:,.0f}", f"{r['seconds_per_step']:.4f}",
-                 f"{r['peak_rss_mb']:.0f}"]
+        cells = [str(r["M"]), str(r["threads"]), str(r["seeds"]), f"{r['example_timesteps_per_s']:,.0f}",
+                 f"{r['seconds_per_step']:.4f}", f"{r['peak_rss_mb']:.0f}"]
         if "speedup" in r:
             cells += [f"{r['baseline_example_timesteps_per_s']:,.0f}", f"{r['speedup']:.2f}x"]
         t.add_row(*cells)
     console.print(t)
+    if len({r["threads"] for r in rows}) > 1 and "speedup" in r0:
+        for b in out["best"]:
+            console.print(f"M={b['M']}, {b['seeds']} seed(s): best {b['example_timesteps_per_s']:,.0f} against the "
+                          f"naive best {b['naive_example_timesteps_per_s']:,.0f}: [bold]{b['ratio']:.2f}x[/]")
 
 
 def program(r):

@@ -249,3 +249,28 @@ def test_commands_that_compute_nothing_do_not_import_torch(tmp_path):
                              env=dict(os.environ, NRAMCTL_RUNS_DIR=str(tmp_path)))
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip().splitlines()[-1] == "[]", (args, out.stdout[-300:])
+
+
+def test_bench_grid_of_seeds_and_threads_keeps_the_best_of_repeats(monkeypatch):
+    """One row per (M, threads, seeds), each the best of --repeat timings; the summary takes the best
+    over thread counts against the naive best over thread counts."""
+    from nramctl import bench
+    calls = []
+
+    def fake_train(M, seeds, **sizes):
+        calls.append((M, seeds))
+        return {"M": M, "seeds": seeds, "threads": torch.get_num_threads(), "example_timesteps_per_s":
+                1000.0 * seeds + 10 * torch.get_num_threads() + len(calls)}
+    monkeypatch.setattr(bench, "bench_train", fake_train)
+    monkeypatch.setattr(bench, "run_baseline", lambda script, b, m, T, R, h, th, steps: 100.0 * th)
+    out = bench.bench_grid([6], [1, 2], [1, 3], repeat=2, baseline="naive.py", batch=4, T=3, R=4, hidden=8,
+                           controller="lstm", steps=1)
+    assert len(calls) == 8 and [(r["threads"], r["seeds"]) for r in out["rows"]] == [(1, 1), (1, 3), (2, 1), (2, 3)]
+    assert [r["example_timesteps_per_s"] for r in out["rows"]] == [1012, 3014, 1026, 3028]   # the later repeat
+    assert out["rows"][2]["speedup"] == 1026 / 200
+    assert out["best"] == [{"M": 6, "seeds": 1, "example_timesteps_per_s": 1026, "naive_example_timesteps_per_s": 200,
+                            "ratio": 1026 / 200},
+                           {"M": 6, "seeds": 3, "example_timesteps_per_s": 3028, "naive_example_timesteps_per_s": 200,
+                            "ratio": 3028 / 200}]
+    r = CliRunner().invoke(app, ["bench", "--threads", "0"])
+    assert r.exit_code == 2 and "every other size" in r.output
