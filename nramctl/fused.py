@@ -88,6 +88,9 @@ class Unroll:
         self.went_back = set()                 # timesteps whose backward has run
         self.pending = 0                       # timesteps run forward whose backward has not come
         self.plan = native.plan(model.gates)
+        lib = native.library()
+        self.fn_forward = getattr(lib, f"step_forward_{_SUFFIX[dtype]}")
+        self.fn_backward = getattr(lib, f"step_backward_{_SUFFIX[dtype]}") if grad else None
 
     def ints(self, t, renorm):
         """The kernel's sizes. A whole timestep is some microseconds per example, so even 16 examples
@@ -137,19 +140,18 @@ def _forward(unroll, t, regs, mem, h, c, renorm, save):
     ptrs += [_ptr(x) for x in (regs, mem, h.contiguous() if lstm else None, c.contiguous() if lstm else None,
                                u.y, u.mask, regs_out, mem_out, h_out, c_out, f, ll, args_w, regs_w, V, AB,
                                saved, keep, *X)]
-    fn = getattr(native.library(), f"step_forward_{_SUFFIX[regs.dtype]}")
-    fn(u.ints(t, renorm), (ctypes.c_void_p * len(ptrs))(*ptrs), ctypes.c_double(u.eps))
+    u.fn_forward(u.ints(t, renorm), (ctypes.c_void_p * len(ptrs))(*ptrs), ctypes.c_double(u.eps))
     return regs_out, mem_out, h_out, c_out, f, ll, args_w, regs_w, (args_w, regs_w, V, AB, saved, mem, mem_out, f, keep)
 
 
 class Step(torch.autograd.Function):
-    """(registers, memory, h, c, *controller parameters) -> (registers, memory, h, c, f, ll,
-    args_w, regs_w) after timestep t. The parameters' gradients of all timesteps are returned by
-    the last node to run backward (`Unroll.weight_grads`); the others return none."""
+    """(registers, memory, h, c[, *controller parameters]) -> (registers, memory, h, c, f, ll,
+    args_w, regs_w) after timestep t. Only the first timestep's node takes the parameters: autograd
+    reaches it last, and it returns their gradients over all timesteps (`Unroll.weight_grads`)."""
 
     @staticmethod
     def forward(ctx, unroll, t, renorm, clip_c, regs, mem, h, c, *params):
-        ctx.unroll, ctx.t, ctx.clip_c, ctx.renorm = unroll, t, clip_c, renorm
+        ctx.unroll, ctx.t, ctx.clip_c, ctx.renorm, ctx.n_params = unroll, t, clip_c, renorm, len(params)
         ctx.set_materialize_grads(False)
         *outs, saved = _forward(unroll, t, regs, mem, h, c, renorm, save=True)
         ctx.save_for_backward(*[x for x in saved if x is not None])
@@ -172,12 +174,11 @@ class Step(torch.autograd.Function):
         ptrs = [*u.plan.addresses, *map(_ptr, u.Wt)]
         ptrs += [_ptr(x) for x in (args_w, regs_w, V, AB, saved, mem_in, mem_out, f, keep[0] if keep else None,
                                    u.y, u.mask, *u.X, *grads, d_regs_in, d_mem_in, d_h_in, d_c_in, *u.D)]
-        fn = getattr(native.library(), f"step_backward_{_SUFFIX[V.dtype]}")
-        fn(u.ints(ctx.t, ctx.renorm), (ctypes.c_void_p * len(ptrs))(*ptrs),
+        u.fn_backward(u.ints(ctx.t, ctx.renorm), (ctypes.c_void_p * len(ptrs))(*ptrs),
            ctypes.c_double(ctx.clip_c or 0.0), ctypes.c_double(u.eps))
         u.pending -= 1
         u.went_back.add(ctx.t)
-        params = u.weight_grads() if u.pending == 0 else [None] * len(u.params)
+        params = u.weight_grads() if u.pending == 0 else [None] * ctx.n_params
         return (None, None, None, None, d_regs_in, d_mem_in, d_h_in, d_c_in, *params)
 
 
@@ -189,7 +190,8 @@ def step(unroll, state, t, clip_c, renorm):
     else:
         h = c = state.registers.new_empty(0)
     if unroll.grad:
-        out = Step.apply(unroll, t, renorm, clip_c, state.registers, state.memory, h, c, *unroll.params)
+        params = unroll.params if t == 0 else ()
+        out = Step.apply(unroll, t, renorm, clip_c, state.registers, state.memory, h, c, *params)
         regs, mem, h, c, f, ll, args_w, regs_w = out
     else:
         regs, mem, h, c, f, ll, args_w, regs_w, _ = _forward(unroll, t, state.registers, state.memory,
