@@ -3,7 +3,6 @@ import json
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 console = Console(highlight=False)
@@ -84,6 +83,7 @@ class TrainProgress:
 
     def __init__(self, run_name, total, start=0, enabled=True):
         self.enabled = enabled
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, disable=not enabled)
