@@ -111,7 +111,6 @@ static void over_blocks(const Net& net, const Circuit& c, int N, int threads, Bo
 // Pointers of a forward call, in the order fused.py passes them.
 template <typename T>
 struct FwdArgs {
-    const int *codes, *arity, *values;
     const T *Wf[3], *bf[3];
     const T *regs_in, *mem_in, *h_in, *c_in;
     const int* y;
@@ -205,7 +204,6 @@ static void fused_forward(const Net& net, const Circuit& c, const FwdArgs<T>& a,
 
 template <typename T>
 struct BwdArgs {
-    const int *codes, *arity, *values;
     const T* Wt[3];
     const T *W, *U, *V, *AB, *saved, *mem_in, *mem_out, *f, *ctl_save;
     const int* y;

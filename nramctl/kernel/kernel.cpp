@@ -76,10 +76,11 @@ static void backward(const T* W_, const T* U_, const T* V_, const T* AB_, const 
     }
 }
 
-static void net_dims(const int* v, Net& net, Circuit& c, int& N, int& renorm, int& threads) {
+// The sizes (v) and the gate sequence (the first three pointers of p: codes, arity, values).
+static void net_dims(const int* v, void** p, Net& net, Circuit& c, int& N, int& renorm, int& threads) {
     // v: N, S, B, R, Q, M, G, H, O, kind, renorm, threads, Tmax, t
     N = v[0];
-    c = make_circuit(v[3], v[4], v[5], v[6], nullptr, nullptr, nullptr);
+    c = make_circuit(v[3], v[4], v[5], v[6], (const int*)p[0], (const int*)p[1], (const int*)p[2]);
     net.S = v[1]; net.B = v[2]; net.H = v[7]; net.O = v[8]; net.kind = v[9];
     renorm = v[10]; threads = v[11]; net.Tmax = v[12]; net.t = v[13];
     const int H = net.H;
@@ -90,11 +91,9 @@ static void net_dims(const int* v, Net& net, Circuit& c, int& N, int& renorm, in
 template <typename T>
 static void step_forward(const int* v, void** p, double eps) {
     Net net; Circuit c; int N, renorm, threads;
-    net_dims(v, net, c, N, renorm, threads);
+    net_dims(v, p, net, c, N, renorm, threads);
     FwdArgs<T> a;
-    int k = 0;
-    a.codes = (const int*)p[k++]; a.arity = (const int*)p[k++]; a.values = (const int*)p[k++];
-    c.codes = a.codes; c.arity = a.arity; c.values = a.values;
+    int k = 3;                               // after the gate sequence
     for (int l = 0; l < 3; l++) { a.Wf[l] = (const T*)p[k++]; a.bf[l] = (const T*)p[k++]; }
     a.regs_in = (const T*)p[k++]; a.mem_in = (const T*)p[k++]; a.h_in = (const T*)p[k++]; a.c_in = (const T*)p[k++];
     a.y = (const int*)p[k++]; a.mask = (const T*)p[k++];
@@ -108,11 +107,9 @@ static void step_forward(const int* v, void** p, double eps) {
 template <typename T>
 static void step_backward(const int* v, void** p, double clipc, double eps) {
     Net net; Circuit c; int N, renorm, threads;
-    net_dims(v, net, c, N, renorm, threads);
+    net_dims(v, p, net, c, N, renorm, threads);
     BwdArgs<T> a;
-    int k = 0;
-    a.codes = (const int*)p[k++]; a.arity = (const int*)p[k++]; a.values = (const int*)p[k++];
-    c.codes = a.codes; c.arity = a.arity; c.values = a.values;
+    int k = 3;                               // after the gate sequence
     for (int l = 0; l < 3; l++) a.Wt[l] = (const T*)p[k++];
     a.W = (const T*)p[k++]; a.U = (const T*)p[k++]; a.V = (const T*)p[k++]; a.AB = (const T*)p[k++];
     a.saved = (const T*)p[k++]; a.mem_in = (const T*)p[k++]; a.mem_out = (const T*)p[k++]; a.f = (const T*)p[k++]; a.ctl_save = (const T*)p[k++];
