@@ -26,9 +26,6 @@ import torch
 from . import native
 from .controller import LSTMController, MLPController
 
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
-
-
 def applies(model, *tensors):
     """Whether the fused timestep runs this model on these tensors (the trained controllers, the
     kernel built, CPU float tensors)."""
@@ -49,11 +46,6 @@ def head_columns(model):
     return torch.tensor(cols + list(range(n_args, n_args + R * K + 1)))
 
 
-def _ptr(t):
-    """A tensor's address as a plain int (None: a null pointer), for a ctypes array of pointers."""
-    return None if t is None else t.data_ptr()
-
-
 class Unroll:
     """What the timesteps of one run share: packed weights (forward [S, in, out] and, for the
     backward, transposed), targets, and the per-layer rows the weight gradients are computed from."""
@@ -61,7 +53,7 @@ class Unroll:
     def __init__(self, model, batch, steps, eps, grad):
         self.model, self.steps, self.eps, self.grad = model, steps, eps, grad
         layers = _layers(model)
-        self.kind = 1 if isinstance(model.controller, LSTMController) else 0
+        self.lstm = isinstance(model.controller, LSTMController)    # else an MLP
         self.cols = head_columns(model)
         S = model.S
         with torch.no_grad():
@@ -78,8 +70,8 @@ class Unroll:
         dtype = self.Wf[0].dtype
         self.y = batch.target.to(torch.int32).contiguous()
         self.mask = batch.mask.to(dtype).contiguous()
-        ins = [model.R, (2 if self.kind else 1) * self.H, self.H]
-        outs = [self.H, (4 if self.kind else 1) * self.H, self.O]
+        ins = [model.R, (2 if self.lstm else 1) * self.H, self.H]
+        outs = [self.H, (4 if self.lstm else 1) * self.H, self.O]
         if grad:      # every row is written by the forward (X) or backward (D) of its timestep
             self.X = [torch.empty(N, steps, w, dtype=dtype) for w in ins]
             self.D = [torch.empty(N, steps, w, dtype=dtype) for w in outs]
@@ -88,15 +80,14 @@ class Unroll:
         self.went_back = set()                 # timesteps whose backward has run
         self.pending = 0                       # timesteps run forward whose backward has not come
         self.plan = native.plan(model.gates)
-        lib = native.library()
-        self.fn_forward = getattr(lib, f"step_forward_{_SUFFIX[dtype]}")
-        self.fn_backward = getattr(lib, f"step_backward_{_SUFFIX[dtype]}") if grad else None
+        self.fn_forward = native.function("step_forward", dtype)
+        self.fn_backward = native.function("step_backward", dtype) if grad else None
 
     def ints(self, t, renorm):
         """The kernel's sizes. A whole timestep is some microseconds per example, so even 16 examples
         (one seed's batch) are worth sharing out over the threads."""
         m = self.model
-        return (ctypes.c_int * 14)(self.N, m.S, self.B, m.R, m.Q, self.M, self.plan.G, self.H, self.O, self.kind,
+        return (ctypes.c_int * 14)(self.N, m.S, self.B, m.R, m.Q, self.M, self.plan.G, self.H, self.O, int(self.lstm),
                                    int(renorm), native.threads(self.N, 16), self.steps, t)
 
     def weight_grads(self):
@@ -124,7 +115,7 @@ def _forward(unroll, t, regs, mem, h, c, renorm, save):
     K, Q = m.K, m.Q
     new = regs.new_empty
     regs, mem = regs.contiguous(), mem.contiguous()
-    lstm = u.kind == 1
+    lstm = u.lstm
     h_out, c_out = (new(N, u.H), new(N, u.H)) if lstm else (None, None)
     f, ll = new(N), new(N)
     P = native.padded(M)
@@ -136,8 +127,8 @@ def _forward(unroll, t, regs, mem, h, c, renorm, save):
     X = u.X if save else [None] * 3
     ptrs = list(u.plan.addresses)
     for w, b in zip(u.Wf, u.bf):
-        ptrs += [_ptr(w), _ptr(b)]
-    ptrs += [_ptr(x) for x in (regs, mem, h.contiguous() if lstm else None, c.contiguous() if lstm else None,
+        ptrs += [native.address(w), native.address(b)]
+    ptrs += [native.address(x) for x in (regs, mem, h.contiguous() if lstm else None, c.contiguous() if lstm else None,
                                u.y, u.mask, regs_out, mem_out, h_out, c_out, f, ll, args_w, regs_w, V, AB,
                                saved, keep, *X)]
     u.fn_forward(u.ints(t, renorm), (ctypes.c_void_p * len(ptrs))(*ptrs), ctypes.c_double(u.eps))
@@ -155,15 +146,15 @@ class Step(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         *outs, saved = _forward(unroll, t, regs, mem, h, c, renorm, save=True)
         ctx.save_for_backward(*[x for x in saved if x is not None])
-        ctx.lstm = unroll.kind == 1
         unroll.pending += 1
-        if not ctx.lstm:                       # an MLP has no recurrent state
+        if not unroll.lstm:                    # an MLP has no recurrent state
             outs[2] = outs[3] = regs.new_empty(0)
         return tuple(outs)
 
     @staticmethod
     def backward(ctx, d_regs, d_mem, d_h, d_c, d_f, d_ll, d_args_w, d_regs_w):
-        u, lstm = ctx.unroll, ctx.lstm
+        u = ctx.unroll
+        lstm = u.lstm
         args_w, regs_w, V, AB, saved, mem_in, mem_out, f, *keep = ctx.saved_tensors
         N, R, M = V.shape[0], regs_w.shape[1], u.M
         new = V.new_empty
@@ -171,8 +162,8 @@ class Step(torch.autograd.Function):
         d_h_in, d_c_in = (new(N, u.H), new(N, u.H)) if lstm else (None, None)
         grads = [x if x is None else x.contiguous()
                  for x in (d_regs, d_mem, d_h if lstm else None, d_c if lstm else None, d_f, d_ll, d_args_w, d_regs_w)]
-        ptrs = [*u.plan.addresses, *map(_ptr, u.Wt)]
-        ptrs += [_ptr(x) for x in (args_w, regs_w, V, AB, saved, mem_in, mem_out, f, keep[0] if keep else None,
+        ptrs = [*u.plan.addresses, *map(native.address, u.Wt)]
+        ptrs += [native.address(x) for x in (args_w, regs_w, V, AB, saved, mem_in, mem_out, f, keep[0] if keep else None,
                                    u.y, u.mask, *u.X, *grads, d_regs_in, d_mem_in, d_h_in, d_c_in, *u.D)]
         u.fn_backward(u.ints(ctx.t, ctx.renorm), (ctypes.c_void_p * len(ptrs))(*ptrs),
            ctypes.c_double(ctx.clip_c or 0.0), ctypes.c_double(u.eps))
@@ -184,7 +175,7 @@ class Step(torch.autograd.Function):
 
 def step(unroll, state, t, clip_c, renorm):
     """One fused timestep: -> (registers, memory, controller state, f, ll, args_w, regs_w)."""
-    lstm = unroll.kind == 1
+    lstm = unroll.lstm
     if lstm:                                   # [S, B, H] -> [N, H]
         h, c = (x.reshape(unroll.N, unroll.H) for x in state.ctl)
     else:

@@ -170,8 +170,15 @@ def usable(*tensors):
             and tensors[0].dtype in _SUFFIX and all(t.dtype == tensors[0].dtype for t in tensors))
 
 
-def _ptr(t):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
+def address(t):
+    """A tensor's address as a plain int (None: a null pointer), for a pointer argument or a ctypes
+    array of pointers."""
+    return None if t is None else t.data_ptr()
+
+
+def function(name, dtype):
+    """The kernel's entry point `name` for tensors of this dtype (float32 or float64)."""
+    return getattr(library(), f"{name}_{_SUFFIX[dtype]}")
 
 
 class Plan:
@@ -181,8 +188,8 @@ class Plan:
         values = [g.int_fn(0, 0, 1 << 30) if g.arity == 0 else 0 for g in gates]   # reduced mod M in C
         self._arrays = [torch.tensor(x, dtype=torch.int32) for x in
                         ([CODES[g.name] for g in gates], [g.arity for g in gates], values)]
-        self.codes, self.arity, self.values = map(_ptr, self._arrays)
-        self.addresses = [a.data_ptr() for a in self._arrays]
+        self.addresses = [address(a) for a in self._arrays]
+        self.codes, self.arity, self.values = self.addresses
         # memory gates up to the first WRITE see the step's input memory; only those after it need a copy
         first_write = next((i for i, g in enumerate(gates) if g.memory == "write"), len(gates))
         self.Q, self.G = len(gates), sum(1 for g in gates[first_write + 1:] if g.memory)
@@ -219,8 +226,8 @@ def forward(plan, arg_logits, reg_logits, registers, memory, renorm, save=True):
     P = padded(M)
     V, AB, saved = new(N, P, padded(K)), new(N, plan.Q, 2, P), new(N, plan.G, M, M) if save else None
     regs_out, mem_out = new(N, R, M), new(N, M, M)
-    fn = getattr(library(), f"circuit_forward_{_SUFFIX[registers.dtype]}")
-    fn(*map(_ptr, (*inputs, args_w, regs_w, V, AB, saved, regs_out, mem_out)), N, R, plan.Q, M, plan.G,
+    fn = function("circuit_forward", registers.dtype)
+    fn(*map(address, (*inputs, args_w, regs_w, V, AB, saved, regs_out, mem_out)), N, R, plan.Q, M, plan.G,
        plan.codes, plan.arity, plan.values, int(renorm), threads(N))
     return regs_out, mem_out, args_w, regs_w, V, AB, saved, inputs[3]
 
@@ -231,7 +238,7 @@ def backward(plan, M, args_w, regs_w, V, AB, saved, memory, d_regs, d_mem, d_arg
     N, R, _ = regs_w.shape
     grads = [t if t is None else t.contiguous() for t in (d_regs, d_mem, d_args_w, d_regs_w)]
     out = (torch.empty_like(args_w), torch.empty_like(regs_w), V.new_empty(N, R, M), V.new_empty(N, M, M))
-    fn = getattr(library(), f"circuit_backward_{_SUFFIX[V.dtype]}")
-    fn(*map(_ptr, (args_w, regs_w, V, AB, saved, memory, *grads)), float(clip_c or 0.0), *map(_ptr, out),
+    fn = function("circuit_backward", V.dtype)
+    fn(*map(address, (args_w, regs_w, V, AB, saved, memory, *grads)), float(clip_c or 0.0), *map(address, out),
        N, R, plan.Q, M, plan.G, plan.codes, plan.arity, threads(N))
     return out
