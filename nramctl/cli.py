@@ -675,20 +675,20 @@ def bench(
         raise ConfigError(f"--controller: {controller!r} must be mlp or lstm")
     Ms, seed_counts = _int_list("--M", M), _int_list("--seeds", seeds)
     thread_counts = _int_list("--threads", threads) if threads else [None]
-    seeds = max(seed_counts)
-    if (min(Ms) < 3 or min(batch, T, R, hidden, seeds, min(seed_counts), steps, repeat) < 1
+    most_seeds = max(seed_counts)
+    if (min(Ms) < 3 or min(batch, T, R, hidden, min(seed_counts), steps, repeat) < 1
             or (threads and min(thread_counts) < 1)):
         raise ConfigError("--M must be >= 3 and every other size >= 1")
     if max(Ms) > (MAX_M if discrete else FUZZY_MAX_M):
         raise ConfigError(f"--M {max(Ms)}: at most {MAX_M if discrete else FUZZY_MAX_M:,}"
                           + ("" if discrete else " for training steps (the fuzzy machine is M x M)"))
-    if max(batch, T, R, hidden, seeds, steps) > 10**6:
+    if max(batch, T, R, hidden, most_seeds, steps) > 10**6:
         raise ConfigError("every size must be at most 1,000,000")
     if not discrete:
         from .gates import PAPER_GATES, circuit
         for m in Ms:
-            check_memory(unroll_bytes(seeds * batch, T, m, circuit(PAPER_GATES), R, hidden),
-                         f"a training step at M={m}, T={T}, {seeds} seed(s) x batch {batch}")
+            check_memory(unroll_bytes(most_seeds * batch, T, m, circuit(PAPER_GATES), R, hidden),
+                         f"a training step at M={m}, T={T}, {most_seeds} seed(s) x batch {batch}")
     if eval_memory:
         if max(Ms) > FUZZY_MAX_M or min(Ms) < 3:
             raise ConfigError(f"--M: between 3 and {FUZZY_MAX_M} for --eval-memory")
