@@ -10,15 +10,19 @@ from .tasks import task, timestep_rule
 
 def make_batch(task_name, M, difficulties, rng, T_rule, extra_steps=0):
     """One example per entry of `difficulties` -> Batch of [N, M] tensors, T from the rule; with
-    `extra_steps` K > 0 each example gets U{0..K} steps more (drawn after the examples)."""
+    `extra_steps` K > 0 each example gets U{0..K} steps more (drawn after the examples). The examples
+    of each difficulty are drawn together, in increasing order of difficulty, and keep their places."""
     t, rule = task(task_name), timestep_rule(T_rule)
-    cols = [t.sample(int(n), M, rng) for n in difficulties]
-    mem, target, mask = (torch.from_numpy(np.stack(c)) for c in zip(*cols))
-    d = torch.as_tensor(np.asarray(difficulties, dtype=np.int64))
-    T = torch.tensor([rule(n) for n in difficulties], dtype=torch.long)
+    d = np.asarray(difficulties, dtype=np.int64).reshape(-1)
+    mem, target = np.zeros((len(d), M), dtype=np.int64), np.zeros((len(d), M), dtype=np.int64)
+    mask, T = np.zeros((len(d), M), dtype=bool), np.zeros(len(d), dtype=np.int64)
+    for n in np.unique(d):
+        at = np.flatnonzero(d == n)
+        mem[at], target[at], mask[at] = t.batch(int(n), M, rng, len(at))
+        T[at] = rule(int(n))
     if extra_steps:
-        T += torch.from_numpy(rng.integers(0, extra_steps + 1, size=len(difficulties)))
-    return Batch(mem, target, mask, T, d)
+        T += rng.integers(0, extra_steps + 1, size=len(d))
+    return Batch(*(torch.from_numpy(a) for a in (mem, target, mask, T, d)))
 
 
 def extended_rule(T_rule, extra):

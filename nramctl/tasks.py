@@ -1,8 +1,9 @@
 """The paper's ten algorithmic tasks (SPEC section 4), each a pure generator.
 
-A generator is `(difficulty, M, rng) -> (memory, target, mask)`: three integer arrays of length M.
-`memory` is the input, `target` holds the expected value of every scored cell (0 elsewhere) and `mask`
-(bool) marks the scored cells. All randomness comes from the explicit `numpy.random.Generator`.
+A generator is `(difficulty, M, rng, k) -> (memory, target, mask)`: three [k, M] arrays holding k
+independent examples of that difficulty, drawn with whole-array numpy operations, so that a training
+batch costs a few calls instead of a Python loop per example. `memory` is the input, `target` holds
+the expected value of every scored cell (0 elsewhere) and `mask` (bool) marks the scored cells. All randomness comes from the explicit `numpy.random.Generator`.
 Pointers are absolute cell addresses; NULL is 0 and ends arrays and lists.
 """
 import ast
@@ -14,166 +15,204 @@ class TaskError(ValueError):
     """An unknown task, or a difficulty that the memory size cannot hold."""
 
 
-def _values(rng, n, M, low=1, high=None):
-    """n array elements drawn uniformly from low..high (default M - 1)."""
-    return rng.integers(low, (M - 1 if high is None else high) + 1, size=n)
+def _values(rng, shape, M, low=1, high=None):
+    """Array elements drawn uniformly from low..high (default M - 1)."""
+    return rng.integers(low, (M - 1 if high is None else high) + 1, size=shape)
 
 
-def _blank(M):
+def _blank(k, M):
     import numpy as np
-    return np.zeros(M, dtype=np.int64), np.zeros(M, dtype=np.int64), np.zeros(M, dtype=bool)
+    return np.zeros((k, M), dtype=np.int64), np.zeros((k, M), dtype=np.int64), np.zeros((k, M), dtype=bool)
 
 
-def _places(rng, count, width, start, M):
-    """Random, non-overlapping blocks of `width` cells inside start..M-1, in random order."""
+def _rows(k):
     import numpy as np
-    free = M - start - count * width
-    offsets = np.sort(rng.choice(free + count, size=count, replace=False))
+    return np.arange(k)[:, None]
+
+
+def _distinct(rng, k, count, among):
+    """Per row, `count` distinct integers from 0..among-1 in random order: [k, count]. `among` is
+    an int or one per row (at least `count` each)."""
+    import numpy as np
+    among = np.broadcast_to(np.asarray(among), (k,))
+    keys = rng.random((k, int(among.max())))
+    keys[np.arange(keys.shape[1]) >= among[:, None]] = 2.0      # past a row's range: never chosen
+    return np.argsort(keys, axis=1)[:, :count]
+
+
+def _places(rng, k, count, width, start, M):
+    """Per row, random non-overlapping blocks of `width` cells inside start..M-1 (`start` an int or
+    one per row), in random order."""
+    import numpy as np
+    start = np.broadcast_to(np.asarray(start), (k,))[:, None]
+    free = M - start[:, 0] - count * width
+    offsets = np.sort(_distinct(rng, k, count, free + count), axis=1)
     starts = start + offsets + np.arange(count) * (width - 1)
-    return rng.permutation(starts)
+    return np.take_along_axis(starts, _distinct(rng, k, count, count), axis=1)
 
 
-def access(n, M, rng):
+# Each generator: (n, M, rng, k) -> memory, target, mask as [k, M] arrays, k independent examples.
+
+def access(n, M, rng, k):
     """| k | A[0] .. A[n-1] | NULL | ... |   ->  cell 0 := memory[k], 1 <= k <= n."""
-    mem, target, mask = _blank(M)
-    mem[1:n + 1] = _values(rng, n, M)
-    mem[0] = rng.integers(1, n + 1)
-    target[0], mask[0] = mem[mem[0]], True
+    mem, target, mask = _blank(k, M)
+    mem[:, 1:n + 1] = _values(rng, (k, n), M)
+    mem[:, 0] = rng.integers(1, n + 1, size=k)
+    target[:, 0], mask[:, 0] = mem[_rows(k)[:, 0], mem[:, 0]], True
     return mem, target, mask
 
 
-def increment(n, M, rng):
+def increment(n, M, rng, k):
     """| A[0] .. A[n-1] | NULL | ... |   ->  A[i] := (A[i] + 1) mod M in place."""
-    mem, target, mask = _blank(M)
-    mem[:n] = _values(rng, n, M)
-    target[:n], mask[:n] = (mem[:n] + 1) % M, True
+    mem, target, mask = _blank(k, M)
+    mem[:, :n] = _values(rng, (k, n), M)
+    target[:, :n], mask[:, :n] = (mem[:, :n] + 1) % M, True
     return mem, target, mask
 
 
-def copy(n, M, rng):
+def copy(n, M, rng, k):
     """| p | A[0] .. A[n-1] | free ... |, p = n + 1   ->  A copied to p .. p+n-1."""
-    mem, target, mask = _blank(M)
-    mem[0], mem[1:n + 1] = n + 1, _values(rng, n, M)
-    target[n + 1:2 * n + 1], mask[n + 1:2 * n + 1] = mem[1:n + 1], True
+    mem, target, mask = _blank(k, M)
+    mem[:, 0], mem[:, 1:n + 1] = n + 1, _values(rng, (k, n), M)
+    target[:, n + 1:2 * n + 1], mask[:, n + 1:2 * n + 1] = mem[:, 1:n + 1], True
     return mem, target, mask
 
 
-def reverse(n, M, rng):
+def reverse(n, M, rng, k):
     """As Copy   ->  A reversed at p .. p+n-1."""
-    mem, target, mask = copy(n, M, rng)
-    target[n + 1:2 * n + 1] = mem[1:n + 1][::-1]
+    mem, target, mask = copy(n, M, rng, k)
+    target[:, n + 1:2 * n + 1] = mem[:, n:0:-1]
     return mem, target, mask
 
 
-def swap(n, M, rng):
+def swap(n, M, rng, k):
     """| p | q | A[0] .. A[n-1] | NULL | ... |, p != q addresses of array cells  ->  swap cells p, q."""
-    mem, target, mask = _blank(M)
-    mem[2:n + 2] = _values(rng, n, M)
-    mem[:2] = 2 + rng.choice(n, size=2, replace=False)
-    target[2:n + 2], mask[2:n + 2] = mem[2:n + 2], True
-    target[mem[0]], target[mem[1]] = mem[mem[1]], mem[mem[0]]
+    mem, target, mask = _blank(k, M)
+    mem[:, 2:n + 2] = _values(rng, (k, n), M)
+    mem[:, :2] = 2 + _distinct(rng, k, 2, n)
+    target[:, 2:n + 2], mask[:, 2:n + 2] = mem[:, 2:n + 2], True
+    r = _rows(k)[:, 0]
+    target[r, mem[:, 0]], target[r, mem[:, 1]] = mem[r, mem[:, 1]], mem[r, mem[:, 0]]
     return mem, target, mask
 
 
-def permutation(n, M, rng):
+def permutation(n, M, rng, k):
     """| a | P[0] .. P[n-1] | A[0] .. A[n-1] | ... |, a -> A[0], P a permutation of 0..n-1
     ->  A[P[i]] written over P[i]."""
-    mem, target, mask = _blank(M)
-    P, A = rng.permutation(n), _values(rng, n, M)
-    mem[0], mem[1:n + 1], mem[n + 1:2 * n + 1] = n + 1, P, A
-    target[1:n + 1], mask[1:n + 1] = A[P], True
+    import numpy as np
+    mem, target, mask = _blank(k, M)
+    P, A = _distinct(rng, k, n, n), _values(rng, (k, n), M)
+    mem[:, 0], mem[:, 1:n + 1], mem[:, n + 1:2 * n + 1] = n + 1, P, A
+    target[:, 1:n + 1], mask[:, 1:n + 1] = np.take_along_axis(A, P, axis=1), True
     return mem, target, mask
 
 
 def _linked_list(n, M, rng, mem):
-    """n nodes (next, value) at random places from cell 3 on; returns node addresses in list order."""
+    """Per row, n nodes (next, value) at random places from cell 3 on; returns [k, n] node
+    addresses in list order."""
     import numpy as np
-    nodes = _places(rng, n, 2, 3, M)
-    mem[nodes] = np.append(nodes[1:], 0)
-    mem[nodes + 1] = _values(rng, n, M)
-    mem[0] = nodes[0]
+    k, rows = len(mem), _rows(len(mem))
+    nodes = _places(rng, k, n, 2, 3, M)
+    mem[rows, nodes] = np.concatenate([nodes[:, 1:], np.zeros((k, 1), dtype=nodes.dtype)], axis=1)
+    mem[rows, nodes + 1] = _values(rng, (k, n), M)
+    mem[:, 0] = nodes[:, 0]
     return nodes
 
 
-def listk(n, M, rng):
+def listk(n, M, rng, k):
     """| head | k | out | ... nodes (next, value) ... |, 0 <= k < n
     ->  cell 2 := value of the node k hops after head."""
-    mem, target, mask = _blank(M)
+    mem, target, mask = _blank(k, M)
     nodes = _linked_list(n, M, rng, mem)
-    mem[1] = rng.integers(0, n)
-    target[2], mask[2] = mem[nodes[mem[1]] + 1], True
+    r = _rows(k)[:, 0]
+    mem[:, 1] = rng.integers(0, n, size=k)
+    target[:, 2], mask[:, 2] = mem[r, nodes[r, mem[:, 1]] + 1], True
     return mem, target, mask
 
 
-def listsearch(n, M, rng):
+def listsearch(n, M, rng, k):
     """| head | v | out | ... nodes (next, value), free cells hold random trash ... |
     ->  cell 2 := address of the first node whose value is v."""
     import numpy as np
-    mem, target, mask = _blank(M)
-    used = np.zeros(M, dtype=bool)
-    used[:3] = True
+    mem, target, mask = _blank(k, M)
+    rows, r = _rows(k), _rows(k)[:, 0]
     nodes = _linked_list(n, M, rng, mem)
-    used[nodes], used[nodes + 1] = True, True
-    mem[~used] = rng.integers(0, M, size=int((~used).sum()))
-    mem[1] = mem[nodes[rng.integers(0, n)] + 1]
-    first = next(a for a in nodes if mem[a + 1] == mem[1])
-    target[2], mask[2] = first, True
+    free = np.ones((k, M), dtype=bool)
+    free[:, :3], free[rows, nodes], free[rows, nodes + 1] = False, False, False
+    mem[free] = rng.integers(0, M, size=int(free.sum()))
+    values = mem[rows, nodes + 1]
+    mem[:, 1] = values[r, rng.integers(0, n, size=k)]
+    target[:, 2], mask[:, 2] = nodes[r, np.argmax(values == mem[:, 1:2], axis=1)], True
     return mem, target, mask
 
 
-def merge(n, M, rng):
+def merge(n, M, rng, k):
     """| a | b | o | A[0..n1-1] | G | B[0..n2-1] | G | out ... |, G = M - 1, n1 + n2 = n, A and B
     sorted with elements in 1..M-2   ->  the n merged elements in sorted order from o."""
     import numpy as np
-    mem, target, mask = _blank(M)
-    n1 = int(rng.integers(0, n + 1))
-    A, B = np.sort(_values(rng, n1, M, high=M - 2)), np.sort(_values(rng, n - n1, M, high=M - 2))
-    a, b = 3, 4 + n1
-    o = b + len(B) + 1
-    mem[:3] = a, b, o
-    mem[a:a + n1], mem[a + n1] = A, M - 1
-    mem[b:b + len(B)], mem[b + len(B)] = B, M - 1
-    target[o:o + n], mask[o:o + n] = np.sort(np.concatenate([A, B])), True
+    mem, target, mask = _blank(k, M)
+    rows = _rows(k)
+    n1 = rng.integers(0, n + 1, size=k)
+    values = _values(rng, (k, n), M, high=M - 2)
+    in_b = np.arange(n) >= n1[:, None]                 # the first n1 values are A's, the rest B's
+    sorted_ab = np.sort(values + in_b * M, axis=1) - in_b * M     # each part sorted in place
+    mem[:, 0], mem[:, 1], mem[:, 2] = 3, 4 + n1, 5 + n
+    mem[rows, 3 + np.arange(n) + in_b] = sorted_ab
+    mem[rows[:, 0], 3 + n1], mem[:, 4 + n] = M - 1, M - 1
+    target[:, 5 + n:5 + 2 * n], mask[:, 5 + n:5 + 2 * n] = np.sort(values, axis=1), True
     return mem, target, mask
 
 
-def walkbst(n, M, rng):
+def _random_bst(values):
+    """Insert `values` in order into a search tree: each node's parent (-1 for the root), side
+    (1 left, 2 right) and depth, as lists."""
+    parent, side, depth = [-1], [0], [0]
+    left, right = {}, {}
+    for i in range(1, len(values)):
+        j = 0
+        while True:
+            children, s = (left, 1) if values[i] < values[j] else (right, 2)
+            if j not in children:
+                children[j] = i
+                parent.append(j), side.append(s), depth.append(depth[j] + 1)
+                break
+            j = children[j]
+    return parent, side, depth
+
+
+def walkbst(n, M, rng, k):
     """| root | out | d_1 .. d_k | NULL | ... nodes (value, left, right) ... |, d_i = 1 left, 2 right
     ->  cell 1 := value of the node at the end of the path."""
     import numpy as np
-    mem, target, mask = _blank(M)
-    values = rng.choice(np.arange(1, M), size=n, replace=False)
-    left, right, depth = [-1] * n, [-1] * n, [0] * n
-    for i in range(1, n):                       # insert in random order: a random BST shape
-        j = 0
-        while True:
-            side = left if values[i] < values[j] else right
-            if side[j] < 0:
-                side[j], depth[i] = i, depth[j] + 1
-                break
-            j = side[j]
-    k = int(rng.integers(0, max(depth) + 1))
-    end = int(rng.choice([i for i in range(n) if depth[i] == k]))
-    path, j = [], end
-    while j != 0:                               # climb to the root, recording directions
-        parent = next(p for p in range(n) if left[p] == j or right[p] == j)
-        path.append(1 if left[parent] == j else 2)
-        j = parent
-    mem[2:2 + k] = path[::-1]
-    addr = _places(rng, n, 3, 3 + k, M)
-    for i in range(n):
-        mem[addr[i]] = values[i]
-        mem[addr[i] + 1] = addr[left[i]] if left[i] >= 0 else 0
-        mem[addr[i] + 2] = addr[right[i]] if right[i] >= 0 else 0
-    mem[0] = addr[0]
-    target[1], mask[1] = values[end], True
+    mem, target, mask = _blank(k, M)
+    rows, r = _rows(k), _rows(k)[:, 0]
+    values = 1 + _distinct(rng, k, n, M - 1)         # inserted in random order: a random BST shape
+    trees = [_random_bst(v) for v in values.tolist()]
+    parent = np.array([p for p, _, _ in trees]).reshape(k, n)
+    side = np.array([s for _, s, _ in trees]).reshape(k, n)
+    depth = np.array([d for _, _, d in trees]).reshape(k, n)
+    length = rng.integers(0, depth.max(axis=1) + 1)   # the path's length, then its end node
+    keys = rng.random((k, n)) + (depth != length[:, None])
+    end = np.argmin(keys, axis=1)
+    at = end.copy()
+    for step in range(int(length.max()), 0, -1):     # climb to the root, writing directions
+        climbing = length >= step
+        mem[r[climbing], 1 + step] = side[r[climbing], at[climbing]]
+        at[climbing] = parent[r[climbing], at[climbing]]
+    addr = _places(rng, k, n, 3, 3 + length, M)
+    mem[rows, addr] = values
+    has_parent = parent >= 0
+    child_cell = addr[rows, np.maximum(parent, 0)] + side      # the parent's left or right cell
+    mem[np.broadcast_to(rows, (k, n))[has_parent], child_cell[has_parent]] = addr[has_parent]
+    mem[:, 0] = addr[:, 0]
+    target[:, 1], mask[:, 1] = values[r, end], True
     return mem, target, mask
 
 
 @dataclass(frozen=True)
 class Task:
     name: str
-    generate: Callable           # (difficulty, M, rng) -> (memory, target, mask)
+    generate: Callable           # (difficulty, M, rng, k) -> (memory, target, mask), each [k, M]
     min_M: Callable              # difficulty -> smallest memory that holds it
     min_difficulty: int
 
@@ -191,9 +230,14 @@ class Task:
             raise TaskError(f"{self.name}: M={M} is too small for difficulty {n} "
                             f"(needs M >= {self.min_M(n)})")
 
-    def sample(self, n, M, rng):
+    def batch(self, n, M, rng, k):
+        """k independent examples of difficulty n: memory, target, mask as [k, M] arrays."""
         self.check(n, M)
-        return self.generate(n, M, rng)
+        return self.generate(n, M, rng, k)
+
+    def sample(self, n, M, rng):
+        """One example: memory, target, mask as [M] arrays."""
+        return tuple(a[0] for a in self.batch(n, M, rng, 1))
 
 
 TASKS = {t.name: t for t in [

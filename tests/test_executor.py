@@ -73,7 +73,7 @@ def test_exported_program_runs_without_torch_and_solves_copy(tmp_path):
     rng = np.random.default_rng(0)
     for n in range(1, 30):
         M = 2 * n + 1 + int(rng.integers(0, 5))
-        mem, target, mask = task("copy").generate(n, M, rng)
+        mem, target, mask = task("copy").sample(n, M, rng)
         memory = mem.tolist()
         namespace["run"](memory, 2 * n + 1)
         assert np.array_equal(np.array(memory)[mask], target[mask])

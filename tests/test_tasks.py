@@ -121,8 +121,8 @@ def test_generator_matches_naive_solver(name):
             continue
         rng = np.random.default_rng(M)
         for n in range(t.min_difficulty, t.max_difficulty(M) + 1):
-            for _ in range(25):
-                mem, target, mask = t.generate(n, M, rng)
+            examples = list(zip(*t.batch(n, M, rng, 25))) + [t.sample(n, M, rng) for _ in range(5)]
+            for mem, target, mask in examples:
                 check_layout(name, n, mem, M)
                 expect = solve(name, list(mem))
                 assert sorted(np.flatnonzero(mask)) == sorted(expect), (name, n, M)
@@ -130,11 +130,38 @@ def test_generator_matches_naive_solver(name):
                 assert ((0 <= target) & (target < M)).all()
 
 
+def drawn_choice(name, mem):
+    """A choice each example of the task draws uniformly, and its number of outcomes, read from the
+    input memory alone (n = 4)."""
+    M = len(mem)
+    choices = {"access": lambda: (mem[0], 4), "increment": lambda: (mem[0], M - 1),
+               "copy": lambda: (mem[1], M - 1), "reverse": lambda: (mem[4], M - 1),
+               "swap": lambda: (mem[0] * M + mem[1], 4 * 3), "permutation": lambda: (mem[1], 4),
+               "listk": lambda: (mem[1], 4), "listsearch": lambda: (mem[mem[0] + 1], M - 1),
+               "merge": lambda: (mem[1] - 4, 5), "walkbst": lambda: (mem[mem[0]], M - 1)}
+    return choices[name]()
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_batched_examples_are_independent_and_uniform(name):
+    """A batch is k independent draws: the examples differ, and a choice each example makes (read
+    from its memory by the function above) comes out uniform over its outcomes."""
+    t = task(name)
+    M, k = max(t.min_M(4), 20) + 3, 4000
+    mem, _, _ = t.batch(4, M, np.random.default_rng(3), k)
+    assert len({row.tobytes() for row in mem}) > 0.95 * k
+    picks = [drawn_choice(name, list(row)) for row in mem]
+    outcomes = picks[0][1]
+    counts = np.unique([p for p, _ in picks], return_counts=True)[1]
+    assert len(counts) == outcomes
+    assert np.abs(counts / (k / outcomes) - 1).max() < 0.4, counts
+
+
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_generators_are_deterministic_for_a_seed(name):
     t = task(name)
     M = t.min_M(4)
-    a = [t.generate(4, M, np.random.default_rng(7)) for _ in range(2)]
+    a = [t.batch(4, M, np.random.default_rng(7), 3) for _ in range(2)]
     for x, y in zip(*a):
         assert np.array_equal(x, y)
 
@@ -146,7 +173,7 @@ def test_smallest_memory_is_tight(name):
     for M in range(t.min_M(t.min_difficulty), 60):
         n = t.max_difficulty(M)
         assert t.min_M(n) <= M < t.min_M(n + 1)
-        t.generate(n, M, np.random.default_rng(0))       # the worst case fits
+        t.sample(n, M, np.random.default_rng(0))       # the worst case fits
     with pytest.raises(TaskError, match="too small"):
         t.sample(t.max_difficulty(30) + 1, 30, np.random.default_rng(0))
 
