@@ -95,6 +95,8 @@ class TrainConfig:
     entropy: EntropyConfig = field(default_factory=EntropyConfig)
     population: PopulationConfig = field(default_factory=PopulationConfig)
     extra_steps: int = 0                         # each training example gets T + U{0..extra_steps} steps
+    init: Optional[str] = None                   # start every seed from a trained model's weights:
+                                                 # RUN, RUN/seed-K or pretrained/TASK (fine-tuning)
 
 
 @dataclass

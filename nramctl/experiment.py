@@ -23,6 +23,8 @@ def new_run(store, cfg, name=None):
     try:
         run.write_config(cfg)
         trainer = Trainer(cfg)
+        if cfg.train.init:
+            start_from(trainer, store, cfg.train.init)
         save_progress(run, trainer, "running")
         records.start_session(run)
         store.commit(run, name)
@@ -30,6 +32,24 @@ def new_run(store, cfg, name=None):
         store.remove(run)
         raise
     return run, trainer
+
+
+def start_from(trainer, store, ref):
+    """Every seed of a new trainer starts from one trained model's weights (`train.init`); each seed
+    keeps its own data stream, so they part from the first step. The model must have the same
+    architecture (registers, gates, controller, width)."""
+    run, seed = store.resolve(ref)
+    cfg, model, _ = load_model(run, seed)
+    have, want = cfg.model, trainer.cfg.model
+    if have != want:
+        differ = [f"{f}={getattr(have, f)!r}" for f in vars(want) if getattr(have, f) != getattr(want, f)]
+        raise ConfigError(f"train.init: {ref} was trained with model.{', model.'.join(differ)}; "
+                          "this run's model differs there")
+    weights = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, p in trainer.model.named_parameters():
+            p.copy_(weights[key].expand_as(p))
+            trainer.best_params[key].copy_(p)
 
 
 def resume(run, steps=None):

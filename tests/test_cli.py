@@ -274,3 +274,23 @@ def test_bench_grid_of_seeds_and_threads_keeps_the_best_of_repeats(monkeypatch):
                             "ratio": 3028 / 200}]
     r = CliRunner().invoke(app, ["bench", "--threads", "0"])
     assert r.exit_code == 2 and "every other size" in r.output
+
+
+def test_a_run_can_start_from_a_trained_models_weights(cli):
+    from nramctl.config import task_config
+    from nramctl.experiment import new_run
+    from nramctl.runs import RunStore
+    trained(cli, "--seeds", 2)
+    source = torch.load(cli.root / "run-1/checkpoints/best.pt", weights_only=True)["model"]
+    cfg = task_config("copy", None, ["M=9", "difficulty=3", "model.hidden=16", "train.seeds=3",
+                                    "train.init=run-1/seed-1"])
+    run, trainer = new_run(RunStore(cli.root), cfg)
+    for key, p in trainer.model.named_parameters():          # every seed holds seed 1's weights
+        assert torch.equal(p.detach(), source[key][1:2].expand_as(p)), key
+    saved = yaml.safe_load((cli.root / run.name / "config.yaml").read_text())
+    assert saved["train"]["init"] == "run-1/seed-1"             # the run says where it started
+    runs_before = sorted(p.name for p in cli.root.iterdir())
+    one_line_error(cli("train", "copy", "--M", 9, "--difficulty", 3, "--set", "train.init=run-1",
+                       "--set", "model.hidden=32"), "model.hidden=16")
+    one_line_error(cli("train", "copy", "--M", 9, "--set", "train.init=run-9"), "no run 'run-9'")
+    assert sorted(p.name for p in cli.root.iterdir()) == runs_before   # nothing half-made left
