@@ -56,8 +56,9 @@ class NoiseConfig:
 @dataclass
 class EntropyConfig:
     enabled: bool = False
-    coef: float = 0.05                           # coef * decay^step
-    decay: float = 0.999
+    coef: float = 0.05                           # coef * decay^(step - start); negative: a penalty
+    decay: float = 0.999                         # that sharpens the distributions (the paper's footnote 7)
+    start: int = 0                               # steps before the term applies (a late penalty)
 
 
 @dataclass
@@ -95,6 +96,9 @@ class TrainConfig:
     entropy: EntropyConfig = field(default_factory=EntropyConfig)
     population: PopulationConfig = field(default_factory=PopulationConfig)
     extra_steps: int = 0                         # each training example gets T + U{0..extra_steps} steps
+    lr_decay: float = 1.0                        # learning rate x lr_decay^step (1 = constant)
+    dropout: float = 0.0                         # recurrent dropout: the LSTM's hidden state between
+                                                 # timesteps, one mask per example and run (training only)
     init: Optional[str] = None                   # start every seed from a trained model's weights:
                                                  # RUN, RUN/seed-K or pretrained/TASK (fine-tuning)
 
@@ -193,11 +197,14 @@ def validate(cfg):
         if value is None:
             continue                                  # an optional technique switched off
         need(lo <= value <= hi, key, value, f"must be between {_num(lo)} and {_num(hi)}")
-    for key in ("train.lr", "train.log_eps", "train.entropy.decay", "train.clip_norm", "train.clip_activation"):
+    for key in ("train.lr", "train.log_eps", "train.entropy.decay", "train.lr_decay", "train.clip_norm",
+                "train.clip_activation"):
         need(_get(cfg, key) is None or _get(cfg, key) > 0, key, _get(cfg, key),
              "must be positive" + (" or null (off)" if key.startswith("train.clip") else ""))
     m, tr, c = cfg.model, cfg.train, cfg.train.curriculum
     need(m.controller in ("mlp", "lstm"), "model.controller", m.controller, "must be mlp or lstm")
+    need(tr.dropout == 0 or m.controller == "lstm", "train.dropout", tr.dropout,
+         "needs model.controller=lstm (it drops the LSTM's recurrent state)")
     need(len(m.gates) >= 1, "model.gates", m.gates, "must name at least one gate")
     need(tr.until in ("first", "all"), "train.until", tr.until, "must be first or all")
     need(tr.population.mode in ("off", "restart", "exploit"), "train.population.mode", tr.population.mode,
@@ -229,7 +236,8 @@ RANGES = [
     ("train.curriculum.min_batches", 0, 10**9), ("train.curriculum.p_any", 0, 1),
     ("train.curriculum.p_upto", 0, 1),
     ("train.noise.eta", 0, 100.0), ("train.noise.gamma", 0, 10.0),
-    ("train.entropy.coef", 0, 100.0), ("train.entropy.decay", 0, 1),
+    ("train.entropy.coef", -100.0, 100.0), ("train.entropy.decay", 0, 1), ("train.entropy.start", 0, 10**9),
+    ("train.lr_decay", 0, 1), ("train.dropout", 0, 0.9),
     ("train.population.patience", 0, 10**9), ("train.population.top", 0.01, 1), ("train.extra_steps", 0, 10**6),
 ]
 

@@ -168,14 +168,16 @@ def entropy(w, eps):
 
 
 def fuzzy_run(model, batch, clip_c=None, renorm=True, eps=1e-6, trace=False, entropy_bonus=False,
-              need_loss=True):
+              need_loss=True, dropout=None):
     """Unroll the fuzzy machine for max(T) steps and score it (SPEC sections 1 and 3).
 
     loss_n = - sum_t p_t sum_{i scored} log(max(memory^(t)[i, y_i], eps))
     The controller's entropy is computed only with `entropy_bonus` (RunOut.entropy is None otherwise).
+    `dropout` ([N, H], scaled 0 / 1/(1-p) entries) multiplies the LSTM's hidden state each step hands
+    to the next: recurrent dropout with one mask per example for the whole run.
     Without autograd (evaluation) the run is streamed: memory O(N M^2) instead of O(T N M^2), and
     without `need_loss` it stops once every example has halted."""
-    if not torch.is_grad_enabled() and not trace and not entropy_bonus:
+    if not torch.is_grad_enabled() and not trace and not entropy_bonus and dropout is None:
         return _streamed_run(model, batch, renorm, eps, need_loss)
     state = model.initial_state(batch.memory)
     y, T = batch.target[:, :, None], batch.T
@@ -183,6 +185,9 @@ def fuzzy_run(model, batch, clip_c=None, renorm=True, eps=1e-6, trace=False, ent
     steps = [] if trace else None
     unroll = _unroll(model, batch, eps, grad=True) if not trace else None
     for t in range(int(T.max())):
+        if dropout is not None and t > 0:
+            h, c = state.ctl
+            state = state._replace(ctl=(h * dropout.view_as(h), c))
         before = state
         state, out = step(model, state, clip_c, renorm, trace, unroll)
         stops.append(out.stop)

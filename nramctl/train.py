@@ -82,12 +82,13 @@ class Trainer:
     def train_step(self):
         cfg, tr = self.cfg, self.cfg.train
         b = self.batch()
+        entropy = tr.entropy.enabled and self.step >= tr.entropy.start
         out = fuzzy_run(self.model, b, tr.clip_activation, tr.renormalize, tr.log_eps,
-                        entropy_bonus=tr.entropy.enabled)
+                        entropy_bonus=entropy, dropout=self._dropout_mask(len(b.T)))
         per_seed = out.loss.view(self.S, -1).mean(1)
         obj = per_seed.sum()
-        if tr.entropy.enabled:
-            coef = tr.entropy.coef * tr.entropy.decay ** self.step
+        if entropy:
+            coef = tr.entropy.coef * tr.entropy.decay ** (self.step - tr.entropy.start)
             obj = obj - coef * out.entropy.view(self.S, -1).mean(1).sum()
         self.opt.zero_grad(set_to_none=False)
         obj.backward()
@@ -98,6 +99,8 @@ class Trainer:
         bad = ~(torch.isfinite(per_seed.detach()) & torch.isfinite(sq))
         before = self._snapshot(bad) if bad.any() else None
         self._clip_and_noise(params, sq)
+        if tr.lr_decay != 1:
+            self._set_lrs()
         self.opt.step()
         if before is not None:
             self._restore(before, bad)
@@ -106,6 +109,15 @@ class Trainer:
         err = score(out.pred, b, self.S)
         self._advance(out.pred, b, bad)
         return per_seed.detach(), err, bad
+
+    def _dropout_mask(self, N):
+        """[N, H] recurrent dropout mask (train.dropout), drawn from each seed's noise stream."""
+        p = self.cfg.train.dropout
+        if not p:
+            return None
+        B, H = N // self.S, self.cfg.model.hidden
+        keep = [torch.bernoulli(torch.full((B, H), 1 - p), generator=g) for g in self.noise_gens]
+        return torch.cat(keep).to(self.model.arg_mask.dtype) / (1 - p)
 
     def _finite_weights(self):
         """[S] bool: every weight of the seed is finite."""
@@ -296,9 +308,10 @@ class Trainer:
 
     def _set_lrs(self):
         """One learning rate for all seeds while they agree (the arithmetic of torch's Adam), else one
-        per seed."""
-        lrs = self.lrs
-        self.opt.lr = (lrs[0] if lrs else self.cfg.train.lr) if len(set(lrs)) <= 1 else \
+        per seed; each times train.lr_decay^step."""
+        tr = self.cfg.train
+        lrs = [lr * tr.lr_decay ** self.step for lr in self.lrs] if tr.lr_decay != 1 else self.lrs
+        self.opt.lr = (lrs[0] if lrs else tr.lr) if len(set(lrs)) <= 1 else \
             torch.tensor(lrs, dtype=torch.float64)
 
     # ---- the loop ------------------------------------------------------------------------

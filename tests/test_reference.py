@@ -1,4 +1,6 @@
 """The fast machine against a plain reference written from SPEC section 1: same loss, same gradients."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -160,8 +162,8 @@ def test_compiled_kernel_gives_the_same_bits_on_several_threads():
         assert torch.isfinite(a).all() and torch.equal(a, b)
 
 
-def _run_and_grads(model, batch, entropy):
-    out = fuzzy_run(model, batch, clip_c=0.5, renorm=True, entropy_bonus=entropy)
+def _run_and_grads(model, batch, entropy, dropout=None):
+    out = fuzzy_run(model, batch, clip_c=0.5, renorm=True, entropy_bonus=entropy, dropout=dropout)
     obj = out.loss.sum() - (0.1 * out.entropy.sum() if entropy else 0)
     model.zero_grad()
     obj.backward()
@@ -176,7 +178,8 @@ def test_fused_step_equals_pytorch_step(kind, R, names, hidden, dtype, tol, monk
     circuit, stop, log-likelihood; weight gradients from one product per layer) against the same run
     as PyTorch ops: loss, entropy, predictions and every parameter's gradient. Three seeds of five
     examples, so blocks of examples end at seed boundaries; a hidden size larger than the head's
-    used columns; the clip and the entropy bonus (gradients into the softmax weights) on."""
+    used columns; the clip and the entropy bonus (gradients into the softmax weights) on; the LSTM
+    with recurrent dropout (its hidden state masked between the kernel's steps)."""
     from nramctl import fused, native
     from nramctl.gates import PAPER_GATES
     if native.library() is None:
@@ -185,10 +188,12 @@ def test_fused_step_equals_pytorch_step(kind, R, names, hidden, dtype, tol, monk
     model = NRAM(R, names or PAPER_GATES, controller=kind, hidden=hidden, seed_values=[3, 4, 5]).to(dtype)
     batch = make_batch("copy", 9, [1, 2, 3, 4, 2] * 3, np.random.default_rng(1), "2*n+1")
     assert fused.applies(model, model.arg_mask)
+    drop = torch.bernoulli(torch.full((15, hidden), 0.7), generator=torch.Generator().manual_seed(2))
+    drop = (drop / 0.7).to(dtype) if kind == "lstm" else None
     results = []
     for lib in (native.library(), False):
         monkeypatch.setattr(native, "_lib", lib)
-        results.append(_run_and_grads(model, batch, entropy=True))
+        results.append(_run_and_grads(model, batch, entropy=True, dropout=drop))
     (fast, g_fast), (slow, g_slow) = results
     assert torch.allclose(fast.loss, slow.loss, rtol=tol, atol=tol)
     assert torch.allclose(fast.entropy, slow.entropy, rtol=tol, atol=tol)
@@ -200,6 +205,21 @@ def test_fused_step_equals_pytorch_step(kind, R, names, hidden, dtype, tol, monk
     unused = torch.ones(model.controller.head.weight.shape[-1], dtype=torch.bool)
     unused[fused.head_columns(model)] = False
     assert (g_fast["controller.head.weight"][:, :, unused] == 0).all()
+
+
+def test_recurrent_dropout_masks_only_the_state_handed_between_steps():
+    """A mask of ones changes nothing; a mask of zeros is the same machine as one whose LSTM never
+    reads its previous hidden state (those weight columns zeroed), run without dropout."""
+    model = NRAM(4, ["READ", "INC", "ADD", "WRITE"], controller="lstm", hidden=6, seed_values=[1, 2])
+    batch = make_batch("copy", 9, [1, 2, 3, 4] * 2, np.random.default_rng(4), "2*n+1")
+    plain = fuzzy_run(model, batch).loss.detach()          # with autograd: the unstreamed run
+    assert torch.equal(fuzzy_run(model, batch, dropout=torch.ones(8, 6)).loss.detach(), plain)
+    dropped = fuzzy_run(model, batch, dropout=torch.zeros(8, 6)).loss.detach()
+    assert not torch.allclose(dropped, plain)
+    deaf = copy.deepcopy(model)
+    with torch.no_grad():
+        deaf.controller.gates.weight[:, -6:] = 0             # the rows that read h (input: [x, h])
+    assert torch.allclose(fuzzy_run(deaf, batch).loss.detach(), dropped, rtol=1e-5, atol=1e-6)
 
 
 def test_fused_step_gives_the_same_bits_on_several_threads():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from nramctl.config import CurriculumConfig, task_config
+from nramctl.config import ConfigError, CurriculumConfig, task_config
 from nramctl.data import Curriculum
 from nramctl.evaluate import evaluate
 from nramctl.train import Trainer
@@ -33,6 +33,30 @@ def test_every_technique_changes_the_update(switch):
     key = switch.split("=")[0]
     on, _, _ = grads_after_one_step(*[b for b in base if not b.startswith(key + "=")], switch)
     assert differs(off, on), switch
+
+
+def test_dropout_changes_the_update_of_an_lstm_only():
+    base = ["model.controller=lstm", "train.clip_norm=null"]
+    off, _, _ = grads_after_one_step(*base)
+    on, _, _ = grads_after_one_step(*base, "train.dropout=0.5")
+    assert differs(off, on)
+    with pytest.raises(ConfigError, match="train.dropout"):
+        task_config("copy", overrides=["train.dropout=0.5"])          # the MLP has no recurrent state
+
+
+def test_late_entropy_term_and_learning_rate_decay_act_from_their_step():
+    """Before train.entropy.start the run is plain training, bit for bit; from it on it differs. The
+    decayed learning rate is lr * decay^step (Adam's own lr is what each update uses)."""
+    def run(*overrides, steps):
+        tr = Trainer(task_config("copy", overrides=[*SMALL, "M=9", "difficulty=3", *overrides]))
+        for _ in range(steps):
+            tr.train_step()
+        return {k: v.detach().clone() for k, v in tr.model.named_parameters()}, tr
+    late = ["train.entropy.enabled=true", "train.entropy.coef=-0.5", "train.entropy.start=3"]
+    assert not differs(run(steps=3)[0], run(*late, steps=3)[0])
+    assert differs(run(steps=4)[0], run(*late, steps=4)[0])
+    _, tr = run("train.lr_decay=0.9", steps=5)
+    assert tr.opt.lr == pytest.approx(tr.cfg.train.lr * 0.9 ** 4)     # set before the 5th update
 
 
 def test_renormalization_rescales_drifted_state():
