@@ -38,8 +38,11 @@ def start_from(trainer, store, ref):
     """Every seed of a new trainer starts from one trained model's weights (`train.init`); each seed
     keeps its own data stream, so they part from the first step. The model must have the same
     architecture (registers, gates, controller, width)."""
-    run, seed = store.resolve(ref)
-    cfg, model, _ = load_model(run, seed)
+    try:
+        run, seed = store.resolve(ref)
+        cfg, model, _ = load_model(run, seed)
+    except RunError as e:
+        raise ConfigError(f"train.init: {e}") from None
     have, want = cfg.model, trainer.cfg.model
     if have != want:
         differ = [f"{f}={getattr(have, f)!r}" for f in vars(want) if getattr(have, f) != getattr(want, f)]

@@ -170,7 +170,7 @@ def test_shell_completion_of_tasks_and_runs(cli, monkeypatch):
     assert complete_tasks("li") == ["listk", "listsearch"]
     assert complete_runs("run") == ["run-1"] and "pretrained/copy" in complete_runs("pre")
     r = CliRunner().invoke(app, ["--show-completion", "bash"])
-    assert r.exit_code == 0 and "complete" in r.output
+    assert r.exit_code == 0 and "complete" in r.output, (r.output, repr(r.exception), r.exc_info)
 
 
 def test_plot_without_matplotlib_says_how_to_install_it(cli, monkeypatch):
