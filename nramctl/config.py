@@ -81,6 +81,8 @@ class TrainConfig:
     target_error: float = 0.0                    # stop once fresh examples score at or below this
     solve_discrete: bool = True                  # ... in the discretized machine too
     polish_steps: int = 0                        # steps trained on after the target: sharper distributions
+    polish_extra_steps: int = 0                  # polish steps train with up to this many extra steps, and
+                                                 # keep only models exact with all of them (no cost in share)
                                                  # generalize further
     eval_every: int = 100                        # steps between checks on fresh examples
     eval_examples: int = 500
@@ -239,6 +241,7 @@ RANGES = [
     ("train.entropy.coef", -100.0, 100.0), ("train.entropy.decay", 0, 1), ("train.entropy.start", 0, 10**9),
     ("train.lr_decay", 0, 1), ("train.dropout", 0, 0.9),
     ("train.population.patience", 0, 10**9), ("train.population.top", 0.01, 1), ("train.extra_steps", 0, 10**6),
+    ("train.polish_extra_steps", 0, 10**6),
 ]
 
 

@@ -76,8 +76,14 @@ class Trainer:
         for s in range(self.S):
             d = self.curricula[s].sample(self.data_rngs[s], self.cfg.train.batch)
             parts.append(make_batch(self.cfg.task, self.cfg.M, d, self.data_rngs[s], self.cfg.T,
-                                    self.cfg.train.extra_steps))
+                                    self._extra_steps(s)))
         return concat(parts)
+
+    def _extra_steps(self, s):
+        """The most extra steps seed s trains with: polish_extra_steps once it polishes, if set."""
+        tr = self.cfg.train
+        polishing = self.solved_step[s] is not None
+        return tr.polish_extra_steps if polishing and tr.polish_extra_steps else tr.extra_steps
 
     def train_step(self):
         cfg, tr = self.cfg, self.cfg.train
@@ -188,38 +194,45 @@ class Trainer:
     def check(self):
         """Evaluate every seed on fresh examples over the whole training range; keep each seed's best.
         With solve_discrete, a seed's error is the worse of its fuzzy and discretized errors; with
-        extra_steps K, the examples run K steps beyond the rule. A seed
-        that is polishing (training on after reaching the target, which sharpens its distributions)
-        replaces its kept solution only with one that still meets the target."""
-        cfg, tr = self.cfg, self.cfg.train
-        if tr.extra_steps:          # trained to survive extra steps: checked with all of them
-            cfg = dataclasses.replace(cfg, T=extended_rule(cfg.T, tr.extra_steps))
-        rng = np.random.default_rng([tr.seed, self.step, 1])
-        d = rng.integers(self.task.min_difficulty, cfg.difficulty + 1, size=tr.eval_examples)
-        if tr.solve_discrete:       # a solution must also hold once every softmax is an argmax
-            res = compare(self.model, cfg, cfg.M, d, rng)
-            res = {"error": np.maximum(res["error"], res["discrete_error"])}
-        else:
-            res = evaluate(self.model, cfg, cfg.M, d, rng)
+        extra_steps K, the examples run K steps beyond the rule. A seed that is polishing (training
+        on after reaching the target, which sharpens its distributions) replaces its kept solution
+        only with one that still meets the target, with polish_extra_steps more steps if set."""
+        tr = self.cfg.train
+        errors = self._errors(tr.extra_steps, 1)
+        polishing = [self.solved_step[s] is not None for s in range(self.S)]
+        if tr.polish_extra_steps and any(polishing):
+            extended = self._errors(tr.polish_extra_steps, 2)
+            errors = np.where(polishing, extended, errors)
         finite = self._finite_weights()
         for s in range(self.S):
-            if self.solved_step[s] is not None and self.step > self.solved_step[s] + self.polish:
+            if polishing[s] and self.step > self.solved_step[s] + self.polish:
                 continue                                      # finished before this check
             if not finite[s]:
                 continue                                      # never keep a non-finite model
-            e = float(res["error"][s])
-            polishing = self.solved_step[s] is not None
-            if (e < self.best_error[s]) if not polishing else (e <= tr.target_error):
+            e = float(errors[s])
+            if (e < self.best_error[s]) if not polishing[s] else (e <= tr.target_error):
                 if e < self.best_error[s]:
                     self.last_improved[s] = self.step
                 self.best_error[s], self.best_step[s] = e, self.step
                 with torch.no_grad():
                     for k, p in self.model.named_parameters():
                         self.best_params[k][s] = p[s]
-            if not polishing and e <= tr.target_error:
+            if not polishing[s] and e <= tr.target_error:
                 self.solved_step[s] = self.step
                 self.solved_seconds[s] = self.elapsed
-        return res["error"]
+        return errors
+
+    def _errors(self, extra, stream):
+        """[S] error of every seed on fresh examples with `extra` steps beyond the rule."""
+        cfg, tr = self.cfg, self.cfg.train
+        if extra:
+            cfg = dataclasses.replace(cfg, T=extended_rule(cfg.T, extra))
+        rng = np.random.default_rng([tr.seed, self.step, stream])
+        d = rng.integers(self.task.min_difficulty, cfg.difficulty + 1, size=tr.eval_examples)
+        if tr.solve_discrete:       # a solution must also hold once every softmax is an argmax
+            res = compare(self.model, cfg, cfg.M, d, rng)
+            return np.maximum(res["error"], res["discrete_error"])
+        return evaluate(self.model, cfg, cfg.M, d, rng)["error"]
 
     def done(self):
         if self.S == 0:

@@ -160,6 +160,39 @@ def test_polishing_keeps_training_after_the_target_and_keeps_a_solution():
     assert tr.best_step[0] > tr.solved_step[0]          # a polished snapshot that still scores 0
 
 
+def test_polishing_with_extra_steps_keeps_only_models_exact_with_them():
+    """Solved without extra steps, then polished with up to 4: the kept model is a polished one, and
+    it is exact on fresh examples given 2 and 4 steps beyond the rule (checked here by evaluate)."""
+    import dataclasses
+    from nramctl.data import extended_rule
+    from nramctl.train import build_model
+    cfg = task_config("access", overrides=[
+        "M=10", "difficulty=8", "model.gates=[READ,ZERO,INC,LT,MIN,WRITE]", "train.steps=3000",
+        "train.eval_every=20", "train.curriculum.min_batches=10", "train.curriculum.window=5",
+        "train.extra_steps=0", "train.polish_steps=400", "train.polish_extra_steps=4"])
+    tr = Trainer(cfg)
+    assert tr._extra_steps(0) == 0
+    assert tr.run() == "solved"
+    assert tr._extra_steps(0) == 4 and tr.best_step[0] > tr.solved_step[0]
+    model = build_model(cfg)
+    model.load_state_dict(tr.best_params)
+    d = np.arange(1, 9).repeat(125)
+    for extra in (0, 2, 4):
+        res = evaluate(model, dataclasses.replace(cfg, T=extended_rule(cfg.T, extra)), 10, d,
+                       np.random.default_rng(7))
+        assert res["error"][0] == 0.0, extra
+
+
+def test_a_polishing_seed_is_judged_with_its_extra_steps(monkeypatch):
+    tr = Trainer(task_config("copy", overrides=[*SMALL, "M=9", "difficulty=3", "train.seeds=2",
+                                                "train.polish_steps=100", "train.polish_extra_steps=3"]))
+    tr.solved_step[1] = 0                                       # seed 1 polishes, seed 0 does not
+    errors = {0: np.array([0.5, 0.0]), 3: np.array([0.25, 0.75])}
+    monkeypatch.setattr(tr, "_errors", lambda extra, stream: errors[extra])
+    assert list(tr.check()) == [0.5, 0.75]
+    assert (tr._extra_steps(0), tr._extra_steps(1)) == (0, 3)
+
+
 def test_adam_matches_torch_optim_adam_bit_for_bit():
     """nramctl's Adam (no torch._dynamo import) against torch.optim.Adam: same parameters after 20
     steps of random gradients, and a state_dict either one loads."""
