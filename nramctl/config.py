@@ -13,8 +13,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import List, Optional, get_args, get_origin, get_type_hints
 
-import yaml
-
 from .gates import GateError, circuit
 from .tasks import TaskError, task, timestep_rule
 
@@ -312,11 +310,14 @@ def check_memory(need_bytes, what):
 
 def parse_yaml(text):
     """yaml.safe_load through LibYAML's C parser where PyYAML has it (ten times faster; `nramctl tasks`
-    reads tasks.yaml once per task), else the pure-Python one."""
+    reads tasks.yaml once per task), else the pure-Python one. PyYAML is imported here, not at start:
+    `nramctl --help` never reads YAML."""
+    import yaml
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def load_yaml(path):
+    import yaml
     try:
         with open(path, encoding="utf-8") as fh:
             data = parse_yaml(fh)
@@ -357,6 +358,7 @@ def task_config(name, path=None, overrides=()):
 
 def apply_overrides(cfg, overrides):
     """`--set a.b=value` items; the value is read as YAML (numbers, true/false, null, [lists])."""
+    import yaml
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")

@@ -21,8 +21,6 @@ import socket
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from .config import ConfigError, from_dict, parse_yaml, to_dict
 
 FORMAT, VERSION = "nramctl-checkpoint", 1
@@ -120,6 +118,7 @@ class Run:
         return self.path / "checkpoints"
 
     def config(self):
+        import yaml
         try:
             data = parse_yaml((self.path / "config.yaml").read_text())
         except (OSError, yaml.YAMLError):
@@ -130,6 +129,7 @@ class Run:
             raise RunError(f"{self.name}: config.yaml is invalid ({e})") from None
 
     def write_config(self, cfg):
+        import yaml
         atomic_write(self.path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     def status(self):

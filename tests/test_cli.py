@@ -239,12 +239,14 @@ def test_reproduce_runs_the_protocol(cli):
 
 
 def test_commands_that_compute_nothing_do_not_import_torch(tmp_path):
-    """`--help`, `runs` and `tasks` start without torch (or numpy); `bench --startup` measures them."""
+    """`--help`, `runs` and `tasks` start without torch (or numpy), `--help` without PyYAML too;
+    `bench --startup` measures them."""
     from nramctl.bench import STARTUP_COMMANDS
     for args in STARTUP_COMMANDS:
+        heavy = {"torch", "numpy"} | ({"yaml"} if args == ["--help"] else set())
         code = ("import sys\nsys.argv = ['nramctl', *%r]\nfrom nramctl.cli import main\ntry:\n    main()\n"
                 "except SystemExit as e:\n    assert not e.code, e.code\n"
-                "print(sorted({'torch', 'numpy'} & set(sys.modules)))" % (args,))
+                "print(sorted(%r & set(sys.modules)))" % (args, heavy))
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                              env=dict(os.environ, NRAMCTL_RUNS_DIR=str(tmp_path)))
         assert out.returncode == 0, out.stderr
