@@ -198,11 +198,12 @@ class Trainer:
         on after reaching the target, which sharpens its distributions) replaces its kept solution
         only with one that still meets the target, with polish_extra_steps more steps if set."""
         tr = self.cfg.train
-        errors = self._errors(tr.extra_steps, 1)
         polishing = [self.solved_step[s] is not None for s in range(self.S)]
-        if tr.polish_extra_steps and any(polishing):
+        judged_extended = tr.polish_extra_steps and any(polishing)
+        errors = None if judged_extended and all(polishing) else self._errors(tr.extra_steps, 1)
+        if judged_extended:                 # polishing seeds: only with their extra steps
             extended = self._errors(tr.polish_extra_steps, 2)
-            errors = np.where(polishing, extended, errors)
+            errors = extended if errors is None else np.where(polishing, extended, errors)
         finite = self._finite_weights()
         for s in range(self.S):
             if polishing[s] and self.step > self.solved_step[s] + self.polish:

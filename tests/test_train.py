@@ -191,6 +191,9 @@ def test_a_polishing_seed_is_judged_with_its_extra_steps(monkeypatch):
     monkeypatch.setattr(tr, "_errors", lambda extra, stream: errors[extra])
     assert list(tr.check()) == [0.5, 0.75]
     assert (tr._extra_steps(0), tr._extra_steps(1)) == (0, 3)
+    tr.solved_step[0] = 0                                       # all polish: no check without extra steps
+    del errors[0]
+    assert list(tr.check()) == [0.25, 0.75]
 
 
 def test_adam_matches_torch_optim_adam_bit_for_bit():
