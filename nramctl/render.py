@@ -79,15 +79,24 @@ def pct(x):
 
 
 class TrainProgress:
-    """A progress bar over the step budget showing loss, error and curriculum level of each seed."""
+    """A progress bar over the step budget showing loss, error and curriculum level of each seed.
 
-    def __init__(self, run_name, total, start=0, enabled=True):
-        self.enabled = enabled
+    Where the output is not a terminal (`nohup nramctl reproduce ... > log &`) a bar cannot be drawn:
+    then a plain line goes out every `every` seconds and whenever another seed solves, so that a log
+    of a long run can be followed while it runs."""
+
+    def __init__(self, run_name, total, start=0, enabled=True, every=60.0):
+        import time
+        self.enabled, self.name, self.total, self.every = enabled, run_name, total, every
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, disable=not enabled)
         self.task = self.progress.add_task(run_name, total=total, completed=start, info="")
+        self.lines = enabled and not console.is_terminal
+        self.clock = time.monotonic
+        self.t0 = self.last = self.clock()
+        self.solved = 0
 
     def __enter__(self):
         self.progress.__enter__()
@@ -108,7 +117,19 @@ class TrainProgress:
         if len(records) > 1:
             info += f"  solved {solved}/{len(records)}"
         info += f"  {best['examples_per_s']:.0f} ex/s"
-        self.progress.update(self.task, completed=records[0]["step"], info=info)
+        step = records[0]["step"]
+        self.progress.update(self.task, completed=step, info=info)
+        now = self.clock()
+        if self.lines and (now - self.last >= self.every or solved > self.solved):
+            self.last, self.solved = now, max(solved, self.solved)
+            of = f"/{self.total:,}" if self.total else ""
+            console.print(f"{escape(self.name)}: step {step:,}{of}  {info}  {_clock(now - self.t0)}",
+                          soft_wrap=True)
+
+
+def _clock(seconds):
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def train_summary(summary):

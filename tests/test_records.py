@@ -182,3 +182,23 @@ def test_plot_without_matplotlib_says_how_to_install_it(cli, monkeypatch):
     trained(cli)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     one_line_error(cli("plot", "run-1"), "pip install 'nramctl[plot]'")
+
+
+def test_progress_off_a_terminal_is_plain_lines_on_a_clock_and_on_each_solve(monkeypatch, capsys):
+    from nramctl import render
+    monkeypatch.setattr(render.console, "_force_terminal", False)
+    now = [0.0]
+    bar = render.TrainProgress("run-9", 1000, every=60.0)
+    bar.clock = lambda: now[0]
+    bar.t0 = bar.last = 0.0
+    rec = lambda step, solved: [{"step": step, "seed": s, "loss": 1.0, "error": 0.5, "level": 2,
+                                 "examples_per_s": 100.0, **({"solved_step": step} if s < solved else {})}
+                                for s in range(4)]
+    with bar:
+        for t, step, solved in [(10, 10, 0), (59, 20, 0), (61, 30, 0), (70, 40, 1), (80, 50, 1),
+                                (3725, 60, 1)]:
+            now[0] = t
+            bar.update(rec(step, solved))
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("run-9:")]
+    assert [l.split()[2] for l in lines] == ["30/1,000", "40/1,000", "60/1,000"]
+    assert "solved 1/4" in lines[1] and lines[0].endswith("0:01:01") and lines[2].endswith("1:02:05")
