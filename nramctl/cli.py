@@ -751,6 +751,52 @@ def tasks_sample(
     render.emit_json(out) if json else render.samples(out)
 
 
+def _help_without_unused_renderers():
+    """Import Typer's help formatter with stand-ins for rich's Markdown and Traceback renderers.
+
+    `typer.rich_utils` imports both at its top (markdown-it and pygments with them: most of the time
+    `nramctl --help` took), though nramctl's help draws neither: its markup mode is rich, not markdown,
+    and its errors are one line, never a pretty traceback. Each stand-in is a class that loads the real
+    one on first use (a call, an attribute, an isinstance check), so nothing changes if one is used."""
+    import importlib
+    import types
+    if "typer.rich_utils" in sys.modules:
+        return
+    names = {"rich.markdown": "Markdown", "rich.traceback": "Traceback"}
+    stand_ins = {}
+    for module, cls in names.items():
+        if module in sys.modules:
+            continue
+
+        class Lazy(type):
+            def _real(cls, module=module, name=cls):
+                return getattr(importlib.import_module(module), name)
+
+            def __call__(cls, *args, **kwargs):
+                return cls._real()(*args, **kwargs)
+
+            def __getattr__(cls, attr):
+                return getattr(cls._real(), attr)
+
+            def __instancecheck__(cls, obj):
+                return isinstance(obj, cls._real())
+
+        stub = types.ModuleType(module)
+        setattr(stub, cls, Lazy(cls, (), {}))
+        stand_ins[module] = stub
+    sys.modules.update(stand_ins)
+    try:
+        import typer.rich_utils  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        for module, stub in stand_ins.items():
+            if sys.modules.get(module) is stub:
+                del sys.modules[module]
+
+
 def main():
     keep_freed_memory()
+    if len(sys.argv) == 1 or "--help" in sys.argv[1:]:
+        _help_without_unused_renderers()
     app()

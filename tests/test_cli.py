@@ -239,11 +239,11 @@ def test_reproduce_runs_the_protocol(cli):
 
 
 def test_commands_that_compute_nothing_do_not_import_torch(tmp_path):
-    """`--help`, `runs` and `tasks` start without torch (or numpy), `--help` without PyYAML too;
-    `bench --startup` measures them."""
+    """`--help`, `runs` and `tasks` start without torch (or numpy), `--help` without PyYAML or the
+    Markdown and Traceback renderers (markdown-it, pygments) too; `bench --startup` measures them."""
     from nramctl.bench import STARTUP_COMMANDS
     for args in STARTUP_COMMANDS:
-        heavy = {"torch", "numpy"} | ({"yaml"} if args == ["--help"] else set())
+        heavy = {"torch", "numpy"} | ({"yaml", "markdown_it", "pygments"} if args == ["--help"] else set())
         code = ("import sys\nsys.argv = ['nramctl', *%r]\nfrom nramctl.cli import main\ntry:\n    main()\n"
                 "except SystemExit as e:\n    assert not e.code, e.code\n"
                 "print(sorted(%r & set(sys.modules)))" % (args, heavy))
@@ -251,6 +251,32 @@ def test_commands_that_compute_nothing_do_not_import_torch(tmp_path):
                              env=dict(os.environ, NRAMCTL_RUNS_DIR=str(tmp_path)))
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip().splitlines()[-1] == "[]", (args, out.stdout[-300:])
+
+
+def test_help_stand_ins_load_the_real_renderers_on_use():
+    """The stand-ins `--help` imports Typer's formatter with: the help is the same as with the real
+    renderers, and a stand-in used anyway (a call, a class attribute, isinstance) is the real class."""
+    code = """
+import sys
+sys.argv = ['nramctl', '--help']
+from nramctl import cli
+cli._help_without_unused_renderers()
+from typer import rich_utils
+assert 'rich.markdown' not in sys.modules and 'rich.traceback' not in sys.modules
+md = rich_utils.Markdown('# title')
+from rich.markdown import Markdown
+from rich.traceback import Traceback
+assert type(md) is Markdown and isinstance(md, rich_utils.Markdown)
+assert rich_utils.Traceback.from_exception == Traceback.from_exception
+print('ok')
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-500:]
+    help_text = lambda pre: subprocess.run(
+        [sys.executable, "-c", pre + "import sys; sys.argv = ['nramctl', *sys.argv[1:]]\n"
+         "from nramctl.cli import main\nmain()", "--help"], capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, COLUMNS="100")).stdout
+    assert help_text("import rich.markdown, rich.traceback\n") == help_text("") != ""
 
 
 def test_bench_grid_of_seeds_and_threads_keeps_the_best_of_repeats(monkeypatch):
