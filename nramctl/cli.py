@@ -27,6 +27,30 @@ app.add_typer(runs_app, name="runs")
 USAGE_ERRORS = (ConfigError, TaskError, GateError, RunError)
 
 
+class stopping_signals:
+    """Ctrl-C and SIGTERM (what cluster schedulers send) while training: the handlers only note the
+    signal, so the step in progress finishes and a resumable checkpoint is saved; the command then
+    exits with 128 + the signal's number (130, 143). Called, the object says whether one came."""
+
+    def __enter__(self):
+        self.signal = None
+        self.old = {sig: signal.signal(sig, self._note) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _note(self, signum, frame):
+        self.signal = signum
+
+    def __call__(self):
+        return self.signal is not None
+
+    def exit_code(self):
+        return 128 + int(self.signal or signal.SIGINT)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+
 class Abort(Exception):
     """A clean non-zero exit after a message was printed."""
 
@@ -171,13 +195,10 @@ def train(
             raise ConfigError("give either TASK or --resume RUN, not both")
         given = {"--M": M, "--difficulty": difficulty, "--seed": seed, "--seeds": seeds, "--name": name,
                  "--config": config, "--set": set_ or None}
-        refused = [flag for flag, v in given.items() if v is not None]
-        if refused:
-            raise ConfigError(f"{', '.join(refused)} cannot change a run being resumed (only --steps "
-                              "extends its budget); start a new run instead")
-        run, _ = store.resolve(resume_run)
-        if run.readonly:
-            raise RunError(f"{run.name} is read-only")
+        run = _to_resume(store, resume_run, given, "run", "only --steps extends its budget; start a new run instead")
+        from .reproduce import PLAN
+        if run.read_json(PLAN) is not None and run.read_json("reproduce.json") is None:
+            raise RunError(f"{run.name} is a reproduce run; continue it with: nramctl reproduce --resume {run.name}")
         if tensorboard:
             from .tboard import require
             require()
@@ -205,21 +226,10 @@ def train(
             require()
         run, trainer = new_run(store, cfg, name)
 
-    # Ctrl-C and SIGTERM (what cluster schedulers send) finish the step, save a resumable checkpoint
-    # and exit with 130 and 143
-    stop = {"signal": None}
-
-    def on_signal(signum, frame):
-        stop["signal"] = signum
-
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     t0 = time.perf_counter()
-    try:
+    with stopping_signals() as stop:
         with render.TrainProgress(run.name, trainer.cfg.train.steps, trainer.step, enabled=not json) as bar:
-            result = train_run(run, trainer, on_log=bar.update, should_stop=lambda: stop["signal"] is not None)
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+            result = train_run(run, trainer, on_log=bar.update, should_stop=stop)
     summary = {"run": run.name, "path": str(run.path), "task": trainer.cfg.task, "result": result,
                "steps": trainer.step, "seconds": time.perf_counter() - t0,
                "seeds": seed_results(trainer)}
@@ -231,7 +241,7 @@ def train(
         render.train_summary(summary)
     if result == "interrupted":
         render.error(f"interrupted at step {trainer.step}; continue with: nramctl train --resume {run.name}")
-        raise Abort(128 + int(stop["signal"] or signal.SIGINT))
+        raise Abort(stop.exit_code())
 
 
 @command("eval")
@@ -358,29 +368,62 @@ def inspect_cmd(
 def reproduce(
     tasks: Annotated[Optional[List[str]], typer.Argument(metavar="[TASK]...",
                                                          help="Default: the five easy tasks.")] = None,
-    seeds: Annotated[int, typer.Option(help="Seeds trained side by side per task.")] = 8,
-    budget_minutes: Annotated[float, typer.Option(help="Training time per task.")] = 30.0,
-    n: Annotated[int, typer.Option("--n", help="Test examples per difficulty.")] = 20,
-    up_to: Annotated[int, typer.Option(help="Largest test difficulty.")] = 50,
+    seeds: Annotated[Optional[int], typer.Option(help="Seeds trained side by side per task. [default: 8]")] = None,
+    budget_minutes: Annotated[Optional[float], typer.Option(
+        help="Training time per task. [default: 30] With --resume: the run's new budget.")] = None,
+    n: Annotated[Optional[int], typer.Option("--n", help="Test examples per difficulty. [default: 20]")] = None,
+    up_to: Annotated[Optional[int], typer.Option(help="Largest test difficulty. [default: 50]")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
     set_: Annotated[List[str], typer.Option("--set", help="Override a field: key=value.")] = [],
+    resume_run: Annotated[Optional[str], typer.Option(
+        "--resume", help="Go on with an interrupted reproduce run (one task) where it stopped.",
+        autocompletion=complete_runs)] = None,
     publish: Annotated[bool, typer.Option(help="Ship each solved model whose discretized form is exact up "
                                                "to --up-to as nramctl/pretrained/TASK.")] = False,
     runs_dir: RunsDir = Path("runs"),
     json: Json = False,
 ):
     """Run the paper's protocol per task and print our results beside the paper's Table 1."""
-    from .reproduce import EASY, reproduce_task
-    names = [task(t).name for t in (tasks or EASY)]
-    # the budget is time; a train.steps given with --set bounds the steps as well
-    steps = [] if any(x.strip().startswith("train.steps=") for x in set_) else ["train.steps=1000000"]
-    cfgs = [task_config(t, config, [f"train.seeds={seeds}", *steps, *set_]) for t in names]
+    from .experiment import resume
+    from .reproduce import EASY, PLAN, Interrupted, plan_of, run_task, start_task
     store, results = RunStore(runs_dir), []
-    for cfg in cfgs:
-        with render.TrainProgress(f"{cfg.task}", None, 0, enabled=not json) as bar:
-            r = reproduce_task(store, cfg, budget_minutes * 60, n, up_to, on_log=bar.update)
+    if resume_run:
+        given = {"TASK": tasks, "--seeds": seeds, "--n": n, "--up-to": up_to, "--config": config,
+                 "--set": set_ or None}
+        run = _to_resume(store, resume_run, given, "reproduce run", "only --budget-minutes sets its budget anew")
+        plan = plan_of(run)
+        if budget_minutes is not None:
+            _positive("--budget-minutes", budget_minutes)
+        trainer = resume(run)
+        if budget_minutes is not None and plan["phase"] == "measure":
+            plan["budget_seconds"] = budget_minutes * 60
+            run.write_json(PLAN, plan)
+        for w in run.warnings:
+            render.warning(w)
+        jobs = [lambda: (run, trainer, plan)]
+    else:
+        names = [task(t).name for t in (tasks or EASY)]
+        # the budget is time; a train.steps given with --set bounds the steps as well
+        steps = [] if any(x.strip().startswith("train.steps=") for x in set_) else ["train.steps=1000000"]
+        cfgs = [task_config(t, config, [f"train.seeds={seeds or 8}", *steps, *set_]) for t in names]
+        budget = _positive("--budget-minutes", 30.0 if budget_minutes is None else budget_minutes) * 60
+        tests = (20 if n is None else n, 50 if up_to is None else up_to)
+
+        def start(cfg):                   # each task's run is made when its turn comes
+            run, trainer = start_task(store, cfg, budget, *tests)
+            return run, trainer, plan_of(run)
+        jobs = [functools.partial(start, cfg) for cfg in cfgs]
+    for job in jobs:
+        run, trainer, plan = job()
+        with stopping_signals() as stop:
+            try:
+                with render.TrainProgress(trainer.cfg.task, None, trainer.step, enabled=not json) as bar:
+                    r = run_task(run, trainer, plan, on_log=bar.update, should_stop=stop)
+            except Interrupted:
+                render.error(f"{run.name} interrupted at step {trainer.step}; continue with: "
+                             f"nramctl reproduce --resume {run.name}")
+                raise Abort(stop.exit_code()) from None
         results.append(r)
-        run, _ = store.resolve(r["run"])
         run.write_json("reproduce.json", r)
         if publish and r["result"] == "solved" and r["discrete_max_error"] == 0:
             from .experiment import publish as publish_model
@@ -392,6 +435,24 @@ def reproduce(
         if not json:
             render.reproduce_row(r)
     render.emit_json(results) if json else render.reproduce_table(results)
+
+
+def _to_resume(store, ref, given, kind, allowed):
+    """The run --resume names; flags that would change it (`given` ones not None) are refused, and so
+    is a run that cannot be written."""
+    refused = [flag for flag, v in given.items() if v is not None]
+    if refused:
+        raise ConfigError(f"{', '.join(refused)} cannot change a {kind} being resumed ({allowed})")
+    run, _ = store.resolve(ref)
+    if run.readonly:
+        raise RunError(f"{run.name} is read-only")
+    return run
+
+
+def _positive(flag, value):
+    if not value > 0:
+        raise ConfigError(f"{flag} {value}: give a positive number of minutes")
+    return value
 
 
 @command()
@@ -519,8 +580,8 @@ def sweep(
         _count(seeds_per_run, "--seeds-per-run", 4096)
         if samples is not None:
             _count(samples, "--samples", 100_000)
-        if budget_minutes is not None and not budget_minutes > 0:
-            raise ConfigError(f"--budget-minutes {budget_minutes}: must be positive")
+        if budget_minutes is not None:
+            _positive("--budget-minutes", budget_minutes)
         task_name = task(target).name
         make = lambda sweep_name: sw.plan(sweep_name, task_name, set_, samples, sample_seed, seeds, seeds_per_run,
                                           budget_minutes, config=config)

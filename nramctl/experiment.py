@@ -13,10 +13,10 @@ from .runs import RunError
 from .train import Trainer, build_model
 
 
-def new_run(store, cfg, name=None):
-    """A new run directory with its config and a step-0 checkpoint (so it is resumable at once). It is
-    assembled under a hidden name and renamed into place complete: a failure or a kill leaves no
-    half-made run."""
+def new_run(store, cfg, name=None, files=None):
+    """A new run directory with its config, a step-0 checkpoint (so it is resumable at once) and
+    `files` ({name: JSON data}). It is assembled under a hidden name and renamed into place complete:
+    a failure or a kill leaves no half-made run."""
     if name is not None:
         store.check_new_name(name)
     run = store.stage()
@@ -26,6 +26,8 @@ def new_run(store, cfg, name=None):
         if cfg.train.init:
             start_from(trainer, store, cfg.train.init)
         save_progress(run, trainer, "running")
+        for file, data in (files or {}).items():
+            run.write_json(file, data)
         records.start_session(run)
         store.commit(run, name)
     except BaseException:

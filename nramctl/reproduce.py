@@ -1,10 +1,15 @@
-"""The paper's protocol for one task (SPEC section 5), as one function.
+"""The paper's protocol for one task (SPEC section 5), resumable at every step.
 
 Train K seeds at the paper's train difficulty with the curriculum (one batched process), each until it
 reaches 0 error on fresh examples or the time budget ends; report the share of seeds that solved with
 its 95% Wilson interval; polish the first seed that solved and evaluate it at every difficulty up to 50
 at the memory size difficulty 50 needs (T scaled by the task's rule), fuzzy and discretized; and set
 the figures beside the paper's Table 1 row.
+
+The protocol's own state lives beside the run's checkpoint, in reproduce-plan.json: the budget and the
+tests it began with, its phase (measuring the share, then polishing) and, once measured, the seeds'
+records. The budget is the trainer's training time, which checkpoints carry over sessions, so a run
+stopped anywhere goes on (`reproduce --resume`) to the result an unstopped one gives.
 """
 import time
 
@@ -26,65 +31,116 @@ PAPER = {  # Table 1: train error, generalization, discretization
 EASY = ["access", "increment", "copy", "reverse", "swap"]
 
 
-def reproduce_task(store, cfg, budget_s, per_difficulty=20, up_to=50, on_log=None, seed=12345):
-    """Returns a dict of results for one task; the trained run stays in `store`.
+PLAN = "reproduce-plan.json"
 
-    Every seed trains until it reaches the target or the budget ends; a seed that reaches it retires
-    at once (it costs nothing further), so the share solved / tried is measured under one budget.
-    Then the first seed that solved is polished alone for the task's polish steps and evaluated."""
-    import torch
+
+class Interrupted(Exception):
+    """The protocol stopped at a signal; the run holds a checkpoint `reproduce --resume` goes on from."""
+
+
+def start_task(store, cfg, budget_s, per_difficulty=20, up_to=50, seed=12345):
+    """A new run for the protocol, with its plan (budget, tests) saved beside it: (run, trainer)."""
     cfg.train.until = "all"
-    t0 = time.perf_counter()
-    run, trainer = new_run(store, cfg)
-    over = lambda: time.perf_counter() - t0 > budget_s
+    return new_run(store, cfg, files={PLAN: {"budget_seconds": budget_s, "per_difficulty": per_difficulty,
+                                             "up_to": up_to, "seed": seed, "phase": "measure"}})
+
+
+def plan_of(run):
+    """The protocol's plan of a run that `reproduce` started (RunError for any other run)."""
+    from .runs import RunError
+    plan = run.read_json(PLAN)
+    if not isinstance(plan, dict) or plan.get("phase") not in ("measure", "polish"):
+        raise RunError(f"{run.name} was not started by reproduce (no readable {PLAN})")
+    if run.read_json("reproduce.json") is not None:
+        raise RunError(f"{run.name}: its protocol has finished (reproduce.json); start a new one")
+    return plan
+
+
+def reproduce_task(store, cfg, budget_s, per_difficulty=20, up_to=50, on_log=None, seed=12345,
+                   should_stop=lambda: False):
+    """Returns a dict of results for one task; the trained run stays in `store`."""
+    run, trainer = start_task(store, cfg, budget_s, per_difficulty, up_to, seed)
+    return run_task(run, trainer, plan_of(run), on_log, should_stop)
+
+
+def run_task(run, trainer, plan, on_log=None, should_stop=lambda: False):
+    """The protocol from wherever the run's plan and checkpoint left it; raises Interrupted when
+    should_stop() says so (after saving a checkpoint to go on from).
+
+    Every seed trains until it reaches the target or the budget (training time, over every session)
+    ends; a seed that reaches it retires at once (it costs nothing further), so the share solved /
+    tried is measured under one budget. Then the first seed that solved is polished alone for the
+    task's polish steps and evaluated."""
+    import torch
+    cfg = trainer.cfg
 
     def log(recs):
         run.append_metrics(recs)
         if on_log:
             on_log(recs)
 
-    checkpoint = lambda tr: save_progress(run, tr, "running")
-    trainer.polish = 0                                  # measuring the share: retire on reaching the target
-    trainer.run(on_log=log, on_checkpoint=checkpoint, should_stop=over)
-    measured = trainer.all_seeds()
-    measure_s, cpu_minutes = time.perf_counter() - t0, trainer.elapsed * torch.get_num_threads() / 60
+    def go(stop):
+        checkpoint = lambda tr: save_progress(run, tr, "running")
+        if trainer.run(on_log=log, on_checkpoint=checkpoint, should_stop=stop) == "interrupted" \
+                and should_stop():
+            save_progress(run, trainer, "interrupted")
+            records.end_session(run)
+            raise Interrupted(run.name)
+
+    if plan["phase"] == "measure":
+        trainer.polish = 0                          # measuring the share: retire on reaching the target
+        go(lambda: should_stop() or trainer.elapsed >= plan["budget_seconds"])
+        measured = trainer.all_seeds()
+        solved = sorted((r for r in measured if r["solved_step"] is not None), key=lambda r: r["solved_seconds"])
+        plan = {**plan, "phase": "polish", "measured": measured, "measure_seconds": trainer.elapsed,
+                "cpu_minutes": trainer.elapsed * torch.get_num_threads() / 60, "polish": 0,
+                "polish_started": trainer.elapsed}
+        if solved and cfg.train.polish_steps:
+            # sharper distributions carry the fuzzy machine further beyond the training lengths
+            trainer.retire(list(range(trainer.S)))
+            trainer.revive(solved[0]["seed"])
+            plan["polish"] = trainer.step - solved[0]["solved_step"] + cfg.train.polish_steps
+            cfg.train.steps = max(cfg.train.steps, trainer.step + cfg.train.polish_steps)
+        save_progress(run, trainer, "running")        # the checkpoint first: a plan never runs ahead of it
+        run.write_json(PLAN, plan)
+    measured = plan["measured"]
     solved = sorted((r for r in measured if r["solved_step"] is not None), key=lambda r: r["solved_seconds"])
-    polish_s = 0.0
-    if solved and cfg.train.polish_steps:
-        # sharper distributions carry the fuzzy machine further beyond the training lengths
-        t1 = time.perf_counter()
-        trainer.retire(list(range(trainer.S)))
-        trainer.revive(solved[0]["seed"])
-        trainer.polish = trainer.step - solved[0]["solved_step"] + cfg.train.polish_steps
-        trainer.cfg.train.steps = max(trainer.cfg.train.steps, trainer.step + cfg.train.polish_steps)
-        trainer.run(on_log=log, on_checkpoint=checkpoint)
-        polish_s = time.perf_counter() - t1
+    if plan["polish"]:
+        trainer.polish = plan["polish"]
+        go(should_stop)
+    if should_stop():                                # (before the tests at every difficulty)
+        save_progress(run, trainer, "interrupted")
+        records.end_session(run)
+        raise Interrupted(run.name)
+    polish_s = trainer.elapsed - plan["polish_started"]
     result = "solved" if solved else "budget"
     save_progress(run, trainer, result)
     records.end_session(run)
+    t_eval = time.perf_counter()
     seeds = [r["seed"] for r in trainer.all_seeds()]
     pick = seeds.index(solved[0]["seed"]) if solved else None
     _, model, idx = load_model(run, pick)
     best = trainer.all_seeds()[idx]
     tk = task(cfg.task)
-    M = tk.min_M(up_to)
-    rows = generalization(model, cfg, M, per_difficulty, np.random.default_rng(seed),
-                          range(tk.min_difficulty, min(up_to, tk.max_difficulty(M)) + 1))
+    M = tk.min_M(plan["up_to"])
+    rows = generalization(model, cfg, M, plan["per_difficulty"], np.random.default_rng(plan["seed"]),
+                          range(tk.min_difficulty, min(plan["up_to"], tk.max_difficulty(M)) + 1))
     low, high = wilson(len(solved), len(measured))
+    cpu_minutes = plan["cpu_minutes"]
     return {
         "task": cfg.task, "run": run.name, "seed": best["seed"], "seed_index": idx,
-        "M_train": cfg.M, "difficulty": cfg.difficulty, "budget_seconds": budget_s,
+        "M_train": cfg.M, "difficulty": cfg.difficulty, "budget_seconds": plan["budget_seconds"],
         "result": result, "seeds_tried": len(measured), "seeds_solved": len(solved),
         "share": len(solved) / len(measured), "share_low": low, "share_high": high,
         "solved_lineages": len({_origin(r, measured) for r in solved}),
         "solved": [{"seed": r["seed"], "step": r["solved_step"], "seconds": r["solved_seconds"]} for r in solved],
         "first_solved_seconds": solved[0]["solved_seconds"] if solved else None,
-        "measure_seconds": measure_s, "cpu_minutes": cpu_minutes,
+        "measure_seconds": plan["measure_seconds"], "cpu_minutes": cpu_minutes,
         "solved_per_cpu_minute": len(solved) / cpu_minutes if cpu_minutes else None,
         "polish_seconds": polish_s, "population": cfg.train.population.mode,
         "train_error": best["best_error"], "steps": trainer.step,
-        "solved_step": best["solved_step"], "train_seconds": time.perf_counter() - t0,
-        "M_generalize": M, "per_difficulty": per_difficulty,
+        "solved_step": best["solved_step"], "train_seconds": trainer.elapsed,
+        "M_generalize": M, "per_difficulty": plan["per_difficulty"],
         "generalization_max_error": max(r["error"] for r in rows),
         "generalization_perfect_up_to": _perfect_up_to(rows, "error"),
         "discrete_max_error": max(r["discrete_error"] for r in rows),
@@ -92,7 +148,7 @@ def reproduce_task(store, cfg, budget_s, per_difficulty=20, up_to=50, on_log=Non
         "discrete_agrees": min(r["discrete_agrees"] for r in rows),
         "rows": rows, "paper": dict(zip(("train", "generalization", "discretization"), PAPER[cfg.task])),
         "circuit": native.backend(),
-        "seconds": time.perf_counter() - t0,
+        "seconds": trainer.elapsed + time.perf_counter() - t_eval,
     }
 
 

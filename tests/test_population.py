@@ -1,6 +1,11 @@
 """The seed population: honest shares (Wilson interval), retiring solved seeds, restarts, and
 exploit/explore copying exactly one seed's state onto another."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -9,7 +14,7 @@ from nramctl.config import task_config
 from nramctl.population import subset, wilson
 from nramctl.train import Trainer
 
-from test_cli import cli  # noqa: F401  (fixture)
+from test_cli import cli, one_line_error  # noqa: F401  (fixture)
 
 
 @pytest.mark.parametrize("k, n, low, high", [
@@ -127,3 +132,65 @@ def test_exploit_explore_through_the_command_line_records_the_lineage(cli):
     copied = {e["seed"] for e in events}
     assert all(s["lineage"] for s in show["seeds"] if s["seed"] in copied)
     assert cli("plot", "run-1").exit_code == 0
+
+
+ACCESS_CAPPED = ["train.eval_every=20", "train.steps=100", "train.batch=16", "model.hidden=16", "M=10",
+                 "difficulty=8", "train.extra_steps=0"]
+
+
+def test_reproduce_interrupted_while_measuring_and_while_polishing_ends_as_if_never_stopped(cli):
+    """The Access run above with 20 polish steps, once whole and once stopped at step 50 (measuring
+    the share) and at step 110 (polishing seed 0, solved at 80): the resumed protocol reports the same
+    seeds solved at the same steps, the same tests, and keeps the same model."""
+    from nramctl.experiment import resume
+    from nramctl.reproduce import Interrupted, plan_of, run_task, start_task
+    from nramctl.runs import RunStore
+    sets = [*ACCESS_CAPPED, "train.polish_steps=20"]
+    args = ["--budget-minutes", 5, "--n", 3, "--up-to", 6, *[x for s in sets for x in ("--set", s)], "--json"]
+    whole = cli("reproduce", "access", "--seeds", 6, *args)
+    assert whole.exit_code == 0, whole.output
+    whole = json.loads(whole.output)[0]
+    assert whole["solved"][0]["seed"] == 0 and whole["steps"] == 120
+
+    run, trainer = start_task(RunStore(cli.root), task_config("access", None, ["train.seeds=6", *sets]), 300, 3, 6)
+    for at, phase in ((50, "measure"), (110, "polish")):
+        with pytest.raises(Interrupted):
+            run_task(run, trainer, plan_of(run), should_stop=lambda: trainer.step >= at)
+        status = json.loads((run.path / "status.json").read_text())
+        assert (status["state"], status["step"], plan_of(run)["phase"]) == ("interrupted", at, phase)
+        trainer = resume(run)
+    r = cli("reproduce", "--resume", run.name, "--json")
+    assert r.exit_code == 0, r.output
+    cut = json.loads(r.output)[0]
+    same = ("seeds_tried", "seeds_solved", "seed", "steps", "train_error", "solved_step", "result", "rows")
+    assert {k: cut[k] for k in same} == {k: whole[k] for k in same}
+    assert [(s["seed"], s["step"]) for s in cut["solved"]] == [(s["seed"], s["step"]) for s in whole["solved"]]
+    a = torch.load(run.path / "checkpoints/best.pt", weights_only=True)["model"]
+    b = torch.load(cli.root / whole["run"] / "checkpoints/best.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert cli("reproduce", "--resume", run.name).exit_code == 2            # finished: refused
+
+
+def test_reproduce_stops_at_ctrl_c_with_a_resumable_run_and_refuses_other_changes(cli):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", "from nramctl.cli import main; main()", "reproduce", "permutation", "--seeds",
+           "2", "--budget-minutes", "10", "--n", "2", "--up-to", "6", "--set", "train.log_every=2",
+           "--runs-dir", str(cli.root)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    metrics = cli.root / "run-1" / "metrics.jsonl"
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 4):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert b"nramctl reproduce --resume run-1" in err and b"Traceback" not in err
+    step = json.loads((cli.root / "run-1" / "status.json").read_text())["step"]
+    one_line_error(cli("reproduce", "--resume", "run-1", "--seeds", 3), "--seeds cannot change")
+    one_line_error(cli("train", "--resume", "run-1"), "nramctl reproduce --resume run-1")
+    one_line_error(cli("reproduce", "--resume", "run-1", "--budget-minutes", -1), "positive")
+    r = cli("reproduce", "--resume", "run-1", "--budget-minutes", 0.001, "--json")   # spent: tests at once
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)[0]
+    assert (res["result"], res["steps"], res["seeds_tried"]) == ("budget", step, 2)
+    assert res["budget_seconds"] == pytest.approx(0.06)
