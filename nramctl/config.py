@@ -79,9 +79,9 @@ class TrainConfig:
     target_error: float = 0.0                    # stop once fresh examples score at or below this
     solve_discrete: bool = True                  # ... in the discretized machine too
     polish_steps: int = 0                        # steps trained on after the target: sharper distributions
-    polish_extra_steps: int = 0                  # polish steps train with up to this many extra steps, and
-                                                 # keep only models exact with all of them (no cost in share)
-                                                 # generalize further
+    polish_extra_steps: int = 0                  # polish steps train with extra steps in stages (2, 4, 8,
+                                                 # ... up to this many), a stage ending when the seed is
+                                                 # exact with it; only such models are kept (no cost in share)
     eval_every: int = 100                        # steps between checks on fresh examples
     eval_examples: int = 500
     log_every: int = 10

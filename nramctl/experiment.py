@@ -178,6 +178,7 @@ def publish(run, seed, dest, how=None):
             "seeds_trained_together": len(ck["seeds"]), "solved_step": record.get("solved_step"),
             "kept_step": ck["best_step"][seed], "steps_trained": trained_steps,
             "polish_steps": cfg.train.polish_steps, "extra_steps": cfg.train.extra_steps,
+            "polish_extra_steps": cfg.train.polish_extra_steps, "exact_extra_steps": record.get("exact_extra_steps"),
             "circuit": env.get("circuit") or native.backend(),
             "threads": env.get("threads"), "command": env.get("command"), "nramctl": env.get("nramctl"),
             "git_commit": env.get("git_commit"), **(how or {})}

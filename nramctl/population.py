@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 PER_SEED_LISTS = ("seeds", "curricula", "data_rngs", "noise_gens", "best_error", "best_step", "solved_step",
-                  "nonfinite", "solved_seconds", "lrs", "lineage", "last_improved")
+                  "nonfinite", "solved_seconds", "lrs", "lineage", "last_improved", "polish_stage",
+                  "exact_extra")
 
 
 def _pick_tensor(v, idx):

@@ -56,6 +56,8 @@ class Trainer:
         self.last_improved = [0] * self.S
         self.lineage = [[] for _ in self.seeds]       # exploit/explore copies: [step, from seed]
         self.nonfinite = [0] * self.S                 # steps rolled back because of NaN / Inf
+        self.polish_stage = [0] * self.S              # extra steps a polishing seed trains and is judged with
+        self.exact_extra = [None] * self.S            # extra steps its kept model was found exact with
         self.best_params = {k: v.detach().clone() for k, v in self.model.named_parameters()}
         self.retired = []                             # one-seed states of finished seeds
         self.next_seed = max(self.seeds, default=tr.seed) + 1     # for restarts
@@ -80,10 +82,17 @@ class Trainer:
         return concat(parts)
 
     def _extra_steps(self, s):
-        """The most extra steps seed s trains with: polish_extra_steps once it polishes, if set."""
+        """The most extra steps seed s trains with: its polish stage once it polishes, if
+        polish_extra_steps is set."""
         tr = self.cfg.train
         polishing = self.solved_step[s] is not None
-        return tr.polish_extra_steps if polishing and tr.polish_extra_steps else tr.extra_steps
+        return self.polish_stage[s] if polishing and tr.polish_extra_steps else tr.extra_steps
+
+    def _next_stage(self, k):
+        """Polish stages: 2, 4, 8, ... extra steps, up to polish_extra_steps. Straight to many extra
+        steps a solution may not carry over (ListK: 0 of 4 seeds in five fine-tunings straight to 14),
+        while each doubling did at its first checks (docs/RESULTS.md)."""
+        return min(max(2 * k, 2), self.cfg.train.polish_extra_steps)
 
     def train_step(self):
         cfg, tr = self.cfg, self.cfg.train
@@ -196,14 +205,17 @@ class Trainer:
         With solve_discrete, a seed's error is the worse of its fuzzy and discretized errors; with
         extra_steps K, the examples run K steps beyond the rule. A seed that is polishing (training
         on after reaching the target, which sharpens its distributions) replaces its kept solution
-        only with one that still meets the target, with polish_extra_steps more steps if set."""
+        only with one that still meets the target; with polish_extra_steps, with its stage's extra
+        steps, and each time it does, the next stage begins (2, 4, 8, ... up to polish_extra_steps)."""
         tr = self.cfg.train
         polishing = [self.solved_step[s] is not None for s in range(self.S)]
-        judged_extended = tr.polish_extra_steps and any(polishing)
-        errors = None if judged_extended and all(polishing) else self._errors(tr.extra_steps, 1)
-        if judged_extended:                 # polishing seeds: only with their extra steps
-            extended = self._errors(tr.polish_extra_steps, 2)
-            errors = extended if errors is None else np.where(polishing, extended, errors)
+        stages = sorted({self.polish_stage[s] for s in range(self.S) if polishing[s]}) if tr.polish_extra_steps \
+            else []
+        errors = None if stages and all(polishing) else self._errors(tr.extra_steps, 1)
+        for k in stages:                    # polishing seeds: only with their stage's extra steps
+            extended = self._errors(k, 2)
+            at = [polishing[s] and self.polish_stage[s] == k for s in range(self.S)]
+            errors = extended if errors is None else np.where(at, extended, errors)
         finite = self._finite_weights()
         for s in range(self.S):
             if polishing[s] and self.step > self.solved_step[s] + self.polish:
@@ -218,9 +230,14 @@ class Trainer:
                 with torch.no_grad():
                     for k, p in self.model.named_parameters():
                         self.best_params[k][s] = p[s]
+                if polishing[s] and stages:
+                    self.exact_extra[s] = self.polish_stage[s]
+                    self.polish_stage[s] = self._next_stage(self.polish_stage[s])
             if not polishing[s] and e <= tr.target_error:
                 self.solved_step[s] = self.step
                 self.solved_seconds[s] = self.elapsed
+                self.exact_extra[s] = tr.extra_steps
+                self.polish_stage[s] = self._next_stage(0) if tr.polish_extra_steps else 0
         return errors
 
     def _errors(self, extra, stream):
@@ -305,11 +322,13 @@ class Trainer:
         """Every seed's record, active and retired, sorted by seed number."""
         rows = [{"seed": self.seeds[s], "best_error": self.best_error[s], "best_step": self.best_step[s],
                  "solved_step": self.solved_step[s], "solved_seconds": self.solved_seconds[s],
-                 "nonfinite_steps": self.nonfinite[s], "lineage": self.lineage[s], "active": True}
+                 "nonfinite_steps": self.nonfinite[s], "lineage": self.lineage[s],
+                 "exact_extra_steps": self.exact_extra[s], "active": True}
                 for s in range(self.S)]
         rows += [{"seed": r["seeds"][0], "best_error": r["best_error"][0], "best_step": r["best_step"][0],
                   "solved_step": r["solved_step"][0], "solved_seconds": r["solved_seconds"][0],
-                  "nonfinite_steps": r["nonfinite"][0], "lineage": r["lineage"][0], "active": False}
+                  "nonfinite_steps": r["nonfinite"][0], "lineage": r["lineage"][0],
+                  "exact_extra_steps": r.get("exact_extra", [None])[0], "active": False}
                  for r in self.retired]
         return sorted(rows, key=lambda r: r["seed"])
 
@@ -402,6 +421,7 @@ class Trainer:
             "lrs": list(self.lrs), "lineage": [list(x) for x in self.lineage],
             "last_improved": list(self.last_improved), "retired": list(self.retired),
             "best_params": self.best_params, "nonfinite": list(self.nonfinite),
+            "polish_stage": list(self.polish_stage), "exact_extra": list(self.exact_extra),
             "log": {"loss": self._acc["loss"].tolist(), "error": self._acc["error"].tolist(),
                     "n": self._acc["n"], "time": self._acc["time"],
                     "nonfinite": self._acc["nonfinite"].tolist()},
@@ -429,6 +449,10 @@ class Trainer:
         self.best_error, self.best_step = list(d["best_error"]), list(d["best_step"])
         self.solved_step = list(d["solved_step"])
         self.nonfinite = list(d.get("nonfinite", [0] * self.S))
+        # checkpoints from before the polish stages: a polishing seed went straight to polish_extra_steps
+        K = self.cfg.train.polish_extra_steps
+        self.polish_stage = list(d.get("polish_stage", [K if x is not None else 0 for x in self.solved_step]))
+        self.exact_extra = list(d.get("exact_extra", [None] * self.S))
         self.best_params = d["best_params"]
         log = d["log"]
         self._acc = {"loss": np.array(log["loss"]), "error": np.array(log["error"]),
