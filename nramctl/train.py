@@ -205,17 +205,16 @@ class Trainer:
         With solve_discrete, a seed's error is the worse of its fuzzy and discretized errors; with
         extra_steps K, the examples run K steps beyond the rule. A seed that is polishing (training
         on after reaching the target, which sharpens its distributions) replaces its kept solution
-        only with one that still meets the target; with polish_extra_steps, with its stage's extra
+        only with one that still meets the target; with polish_extra_steps, also with its stage's extra
         steps, and each time it does, the next stage begins (2, 4, 8, ... up to polish_extra_steps)."""
         tr = self.cfg.train
         polishing = [self.solved_step[s] is not None for s in range(self.S)]
         stages = sorted({self.polish_stage[s] for s in range(self.S) if polishing[s]}) if tr.polish_extra_steps \
             else []
-        errors = None if stages and all(polishing) else self._errors(tr.extra_steps, 1)
-        for k in stages:                    # polishing seeds: only with their stage's extra steps
-            extended = self._errors(k, 2)
-            at = [polishing[s] and self.polish_stage[s] == k for s in range(self.S)]
-            errors = extended if errors is None else np.where(at, extended, errors)
+        errors = self._errors(tr.extra_steps, 1)
+        for k in stages:                    # polishing seeds: the worse of that and their stage's
+            extended = np.maximum(errors, self._errors(k, 2))
+            errors = np.where([polishing[s] and self.polish_stage[s] == k for s in range(self.S)], extended, errors)
         finite = self._finite_weights()
         for s in range(self.S):
             if polishing[s] and self.step > self.solved_step[s] + self.polish:

@@ -185,8 +185,8 @@ def test_polishing_with_extra_steps_keeps_only_models_exact_with_them():
 
 def test_a_polishing_seed_is_judged_with_its_stage_of_extra_steps(monkeypatch):
     """With polish_extra_steps 5, a seed that solves polishes in stages of 2, 4, then 5 extra steps:
-    it trains and is judged with its stage's, and each time its model is exact with them, that model
-    is kept and the next stage begins; an unsolved seed is judged without extra steps."""
+    it trains with its stage's and is judged with them and without, and each time its model is exact
+    with both, that model is kept and the next stage begins; an unsolved seed is judged without."""
     tr = Trainer(task_config("copy", overrides=[*SMALL, "M=9", "difficulty=3", "train.seeds=2",
                                                 "train.polish_steps=100", "train.polish_extra_steps=5"]))
     errors = {}
@@ -201,14 +201,16 @@ def test_a_polishing_seed_is_judged_with_its_stage_of_extra_steps(monkeypatch):
     assert check({0: [0.0, 0.5]}, 10) == [0.0, 0.5]                      # seed 0 solves
     assert (tr.solved_step, tr.polish_stage, tr.exact_extra) == ([10, None], [2, 0], [0, None])
     assert (tr._extra_steps(0), tr._extra_steps(1)) == (2, 0)
-    assert check({0: [0.5, 0.25], 2: [0.0, 0.75]}, 20) == [0.0, 0.25]     # exact with 2: stage 4
+    assert check({0: [0.0, 0.25], 2: [0.0, 0.75]}, 20) == [0.0, 0.25]     # exact with 2: stage 4
     assert (tr.polish_stage[0], tr.exact_extra[0], tr.best_step[0]) == (4, 2, 20)
-    assert check({0: [0.5, 0.25], 4: [0.1, 0.75]}, 30) == [0.1, 0.25]     # not exact with 4: kept as is
+    assert check({0: [0.0, 0.25], 4: [0.1, 0.75]}, 30) == [0.1, 0.25]     # not exact with 4: kept as is
     assert (tr.polish_stage[0], tr.exact_extra[0], tr.best_step[0]) == (4, 2, 20)
-    check({0: [0.5, 0.25], 4: [0.0, 0.75]}, 40)                           # exact with 4: stage 5 (the cap)
+    assert check({0: [0.2, 0.25], 4: [0.0, 0.75]}, 35) == [0.2, 0.25]     # exact with 4, not without
+    assert (tr.polish_stage[0], tr.exact_extra[0], tr.best_step[0]) == (4, 2, 20)
+    check({0: [0.0, 0.25], 4: [0.0, 0.75]}, 40)                           # exact with both: stage 5 (the cap)
     assert (tr.polish_stage[0], tr.exact_extra[0], tr.best_step[0]) == (5, 4, 40)
-    tr.solved_step[1], tr.polish_stage[1] = 40, 2                          # all polish: no check without
-    assert check({2: [0.9, 0.0], 5: [0.0, 0.9]}, 50) == [0.0, 0.0]        # extra steps, each its stage
+    tr.solved_step[1], tr.polish_stage[1] = 40, 2                          # all polish, each at its stage
+    assert check({0: [0.0, 0.0], 2: [0.9, 0.0], 5: [0.0, 0.9]}, 50) == [0.0, 0.0]
     assert (tr.polish_stage, tr.exact_extra, tr.best_step) == ([5, 4], [5, 2], [50, 50])
     assert [r["exact_extra_steps"] for r in tr.all_seeds()] == [5, 2]
     tr2 = Trainer.from_state(tr.cfg, tr.state_dict())
