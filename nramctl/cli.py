@@ -196,8 +196,8 @@ def train(
         given = {"--M": M, "--difficulty": difficulty, "--seed": seed, "--seeds": seeds, "--name": name,
                  "--config": config, "--set": set_ or None}
         run = _to_resume(store, resume_run, given, "run", "only --steps extends its budget; start a new run instead")
-        from .reproduce import PLAN
-        if run.read_json(PLAN) is not None and run.read_json("reproduce.json") is None:
+        from .reproduce import unfinished
+        if unfinished(run):
             raise RunError(f"{run.name} is a reproduce run; continue it with: nramctl reproduce --resume {run.name}")
         if tensorboard:
             from .tboard import require
@@ -385,7 +385,7 @@ def reproduce(
 ):
     """Run the paper's protocol per task and print our results beside the paper's Table 1."""
     from .experiment import resume
-    from .reproduce import EASY, PLAN, Interrupted, plan_of, run_task, start_task
+    from .reproduce import EASY, PLAN, RESULT, Interrupted, plan_of, run_task, start_task
     store, results = RunStore(runs_dir), []
     if resume_run:
         given = {"TASK": tasks, "--seeds": seeds, "--n": n, "--up-to": up_to, "--config": config,
@@ -408,11 +408,8 @@ def reproduce(
         cfgs = [task_config(t, config, [f"train.seeds={seeds or 8}", *steps, *set_]) for t in names]
         budget = _positive("--budget-minutes", 30.0 if budget_minutes is None else budget_minutes) * 60
         tests = (20 if n is None else n, 50 if up_to is None else up_to)
-
-        def start(cfg):                   # each task's run is made when its turn comes
-            run, trainer = start_task(store, cfg, budget, *tests)
-            return run, trainer, plan_of(run)
-        jobs = [functools.partial(start, cfg) for cfg in cfgs]
+        # each task's run is made when its turn comes
+        jobs = [functools.partial(start_task, store, cfg, budget, *tests) for cfg in cfgs]
     for job in jobs:
         run, trainer, plan = job()
         with stopping_signals() as stop:
@@ -424,7 +421,7 @@ def reproduce(
                              f"nramctl reproduce --resume {run.name}")
                 raise Abort(stop.exit_code()) from None
         results.append(r)
-        run.write_json("reproduce.json", r)
+        run.write_json(RESULT, r)
         if publish and r["result"] == "solved" and r["discrete_max_error"] == 0:
             from .experiment import publish as publish_model
             from .runs import PRETRAINED

@@ -31,7 +31,7 @@ PAPER = {  # Table 1: train error, generalization, discretization
 EASY = ["access", "increment", "copy", "reverse", "swap"]
 
 
-PLAN = "reproduce-plan.json"
+PLAN, RESULT = "reproduce-plan.json", "reproduce.json"
 
 
 class Interrupted(Exception):
@@ -39,10 +39,17 @@ class Interrupted(Exception):
 
 
 def start_task(store, cfg, budget_s, per_difficulty=20, up_to=50, seed=12345):
-    """A new run for the protocol, with its plan (budget, tests) saved beside it: (run, trainer)."""
+    """A new run for the protocol, with its plan (budget, tests) saved beside it: (run, trainer, plan)."""
     cfg.train.until = "all"
-    return new_run(store, cfg, files={PLAN: {"budget_seconds": budget_s, "per_difficulty": per_difficulty,
-                                             "up_to": up_to, "seed": seed, "phase": "measure"}})
+    plan = {"budget_seconds": budget_s, "per_difficulty": per_difficulty, "up_to": up_to, "seed": seed,
+            "phase": "measure"}
+    run, trainer = new_run(store, cfg, files={PLAN: plan})
+    return run, trainer, plan
+
+
+def unfinished(run):
+    """Whether `reproduce` started this run and has not written its result."""
+    return run.read_json(PLAN) is not None and run.read_json(RESULT) is None
 
 
 def plan_of(run):
@@ -51,16 +58,9 @@ def plan_of(run):
     plan = run.read_json(PLAN)
     if not isinstance(plan, dict) or plan.get("phase") not in ("measure", "polish"):
         raise RunError(f"{run.name} was not started by reproduce (no readable {PLAN})")
-    if run.read_json("reproduce.json") is not None:
-        raise RunError(f"{run.name}: its protocol has finished (reproduce.json); start a new one")
+    if run.read_json(RESULT) is not None:
+        raise RunError(f"{run.name}: its protocol has finished ({RESULT}); start a new one")
     return plan
-
-
-def reproduce_task(store, cfg, budget_s, per_difficulty=20, up_to=50, on_log=None, seed=12345,
-                   should_stop=lambda: False):
-    """Returns a dict of results for one task; the trained run stays in `store`."""
-    run, trainer = start_task(store, cfg, budget_s, per_difficulty, up_to, seed)
-    return run_task(run, trainer, plan_of(run), on_log, should_stop)
 
 
 def run_task(run, trainer, plan, on_log=None, should_stop=lambda: False):
@@ -79,19 +79,22 @@ def run_task(run, trainer, plan, on_log=None, should_stop=lambda: False):
         if on_log:
             on_log(recs)
 
+    def stop_here():
+        save_progress(run, trainer, "interrupted")
+        records.end_session(run)
+        raise Interrupted(run.name)
+
     def go(stop):
         checkpoint = lambda tr: save_progress(run, tr, "running")
         if trainer.run(on_log=log, on_checkpoint=checkpoint, should_stop=stop) == "interrupted" \
                 and should_stop():
-            save_progress(run, trainer, "interrupted")
-            records.end_session(run)
-            raise Interrupted(run.name)
+            stop_here()
 
     if plan["phase"] == "measure":
         trainer.polish = 0                          # measuring the share: retire on reaching the target
         go(lambda: should_stop() or trainer.elapsed >= plan["budget_seconds"])
         measured = trainer.all_seeds()
-        solved = sorted((r for r in measured if r["solved_step"] is not None), key=lambda r: r["solved_seconds"])
+        solved = _solved(measured)
         plan = {**plan, "phase": "polish", "measured": measured, "measure_seconds": trainer.elapsed,
                 "cpu_minutes": trainer.elapsed * torch.get_num_threads() / 60, "polish": 0,
                 "polish_started": trainer.elapsed}
@@ -104,14 +107,12 @@ def run_task(run, trainer, plan, on_log=None, should_stop=lambda: False):
         save_progress(run, trainer, "running")        # the checkpoint first: a plan never runs ahead of it
         run.write_json(PLAN, plan)
     measured = plan["measured"]
-    solved = sorted((r for r in measured if r["solved_step"] is not None), key=lambda r: r["solved_seconds"])
+    solved = _solved(measured)
     if plan["polish"]:
         trainer.polish = plan["polish"]
         go(should_stop)
     if should_stop():                                # (before the tests at every difficulty)
-        save_progress(run, trainer, "interrupted")
-        records.end_session(run)
-        raise Interrupted(run.name)
+        stop_here()
     polish_s = trainer.elapsed - plan["polish_started"]
     result = "solved" if solved else "budget"
     save_progress(run, trainer, result)
@@ -150,6 +151,11 @@ def run_task(run, trainer, plan, on_log=None, should_stop=lambda: False):
         "circuit": native.backend(),
         "seconds": trainer.elapsed + time.perf_counter() - t_eval,
     }
+
+
+def _solved(measured):
+    """The seed records that reached the target, the first to get there first."""
+    return sorted((r for r in measured if r["solved_step"] is not None), key=lambda r: r["solved_seconds"])
 
 
 def _origin(row, rows):

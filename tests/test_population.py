@@ -152,7 +152,7 @@ def test_reproduce_interrupted_while_measuring_and_while_polishing_ends_as_if_ne
     whole = json.loads(whole.output)[0]
     assert whole["solved"][0]["seed"] == 0 and whole["steps"] == 120
 
-    run, trainer = start_task(RunStore(cli.root), task_config("access", None, ["train.seeds=6", *sets]), 300, 3, 6)
+    run, trainer, _ = start_task(RunStore(cli.root), task_config("access", None, ["train.seeds=6", *sets]), 300, 3, 6)
     for at, phase in ((50, "measure"), (110, "polish")):
         with pytest.raises(Interrupted):
             run_task(run, trainer, plan_of(run), should_stop=lambda: trainer.step >= at)
