@@ -90,21 +90,36 @@ struct Scratch {
     }
 };
 
-// Runs body(scratch, first example, examples, seed) over this call's examples in blocks of up to EB
-// examples of one seed, each thread over its own contiguous share.
-template <typename T, typename Body>
-static void over_blocks(const Net& net, const Circuit& c, int N, int threads, Body&& body) {
+// Runs body(scratch, idx, ne, seed) over this call's examples in blocks of up to EB examples of one
+// seed (idx: their indices), each thread over its own contiguous share. An example whose last step
+// is behind it (net.t >= Tn[n]; Tn null: none) gets idle(n) instead: its later steps weigh nothing in
+// the loss, so they need no arithmetic, only outputs that carry its state on.
+template <typename T, typename Body, typename Idle>
+static void over_blocks(const Net& net, const Circuit& c, int N, const int* Tn, int threads, Body&& body,
+                        Idle&& idle) {
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         Scratch<T> s(net, c);
         int n0, n1;
         share(N, threads, n0, n1);
-        for (int b0 = n0; b0 < n1;) {
-            const int seed = b0 / net.B;
-            const int ne = std::min(std::min(n1, (seed + 1) * net.B), b0 + EB) - b0;
-            body(s, b0, ne, seed);
-            b0 += ne;
+        int idx[EB], ne = 0, seed = -1;
+        for (int n = n0; n < n1; n++) {
+            if (ne && n / net.B != seed) {
+                body(s, idx, ne, seed);
+                ne = 0;
+            }
+            if (Tn && net.t >= Tn[n]) {
+                idle(n);
+                continue;
+            }
+            seed = n / net.B;
+            idx[ne++] = n;
+            if (ne == EB) {
+                body(s, idx, ne, seed);
+                ne = 0;
+            }
         }
+        if (ne) body(s, idx, ne, seed);
     }
 }
 
@@ -115,6 +130,7 @@ struct FwdArgs {
     const T *regs_in, *mem_in, *h_in, *c_in;
     const int* y;
     const T* mask;
+    const int* Tn;
     T *regs_out, *mem_out, *h_out, *c_out, *f_out, *ll_out, *W, *U, *V, *AB, *saved, *ctl_save;
     T* X[3];
 };
@@ -123,7 +139,7 @@ template <typename T>
 static void fused_forward(const Net& net, const Circuit& c, const FwdArgs<T>& a, int N, int renorm, T eps,
                           int threads) {
     const int R = c.R, Q = c.Q, K = c.K, M = c.M, H = net.H, O = net.O;
-    over_blocks<T>(net, c, N, threads, [&](Scratch<T>& s, int b0, int ne, int seed) {
+    over_blocks<T>(net, c, N, a.Tn, threads, [&](Scratch<T>& s, const int* idx, int ne, int seed) {
         const T* Wf[3];
         const T* bf[3];
         for (int l = 0; l < 3; l++) {
@@ -132,13 +148,13 @@ static void fused_forward(const Net& net, const Circuit& c, const FwdArgs<T>& a,
         }
         // controller input: P(r = 0) of each register
         for (int e = 0; e < ne; e++)
-            for (int r = 0; r < R; r++) s.x[0][(size_t)e * R + r] = a.regs_in[((size_t)(b0 + e) * R + r) * M];
+            for (int r = 0; r < R; r++) s.x[0][(size_t)e * R + r] = a.regs_in[((size_t)idx[e] * R + r) * M];
         rows_matmul(ne, s.x[0].data(), R, Wf[0], bf[0], net.in[0], net.out[0], s.y[0].data(), net.out[0]);
         for (int e = 0; e < ne; e++)         // relu, into the middle layer's input
             for (int j = 0; j < H; j++) s.x[1][(size_t)e * net.in[1] + j] = std::max(s.y[0][(size_t)e * H + j], T(0));
         if (net.kind == 1)
             for (int e = 0; e < ne; e++)
-                std::memcpy(&s.x[1][(size_t)e * net.in[1] + H], a.h_in + (size_t)(b0 + e) * H, sizeof(T) * H);
+                std::memcpy(&s.x[1][(size_t)e * net.in[1] + H], a.h_in + (size_t)idx[e] * H, sizeof(T) * H);
         rows_matmul(ne, s.x[1].data(), net.in[1], Wf[1], bf[1], net.in[1], net.out[1], s.y[1].data(), net.out[1]);
         for (int e = 0; e < ne; e++) {
             const T* z = &s.y[1][(size_t)e * net.out[1]];
@@ -146,7 +162,7 @@ static void fused_forward(const Net& net, const Circuit& c, const FwdArgs<T>& a,
             if (net.kind == 0) {
                 for (int j = 0; j < H; j++) x2[j] = std::max(z[j], T(0));
             } else {                          // LSTM cell: z = (i, f, g, o)
-                const size_t n = b0 + e;
+                const size_t n = idx[e];
                 const T* c_prev = a.c_in + n * H;
                 T* c_new = a.c_out + n * H;
                 // (i, f, g, o, c_prev, tanh c) for the backward, or scratch; branch-free loops vectorize
@@ -168,10 +184,10 @@ static void fused_forward(const Net& net, const Circuit& c, const FwdArgs<T>& a,
         if (a.X[0])
             for (int l = 0; l < 3; l++)
                 for (int e = 0; e < ne; e++)
-                    std::memcpy(a.X[l] + ((size_t)(b0 + e) * net.Tmax + net.t) * net.in[l],
+                    std::memcpy(a.X[l] + ((size_t)idx[e] * net.Tmax + net.t) * net.in[l],
                                 &s.x[l][(size_t)e * net.in[l]], sizeof(T) * net.in[l]);
         for (int e = 0; e < ne; e++) {
-            const size_t n = b0 + e;
+            const size_t n = idx[e];
             const T* logits = &s.y[2][(size_t)e * O];
             T* W = a.W + n * Q * 2 * K;
             T* U = a.U + n * R * K;
@@ -199,6 +215,22 @@ static void fused_forward(const Net& net, const Circuit& c, const FwdArgs<T>& a,
                 a.ll_out[n] = ll;
             }
         }
+    }, [&](int n) {                           // past its last step: the machine stands still
+        std::memcpy(a.regs_out + (size_t)n * R * M, a.regs_in + (size_t)n * R * M, sizeof(T) * R * M);
+        std::memcpy(a.mem_out + (size_t)n * M * M, a.mem_in + (size_t)n * M * M, sizeof(T) * M * M);
+        if (net.kind == 1) {
+            std::memcpy(a.h_out + (size_t)n * H, a.h_in + (size_t)n * H, sizeof(T) * H);
+            std::memcpy(a.c_out + (size_t)n * H, a.c_in + (size_t)n * H, sizeof(T) * H);
+        }
+        a.f_out[n] = 0;
+        if (a.ll_out) a.ll_out[n] = 0;
+        std::fill(a.W + (size_t)n * Q * 2 * K, a.W + (size_t)(n + 1) * Q * 2 * K, T(0));
+        std::fill(a.U + (size_t)n * R * K, a.U + (size_t)(n + 1) * R * K, T(0));
+        if (a.X[0])                           // rows the weight gradients multiply by zero
+            for (int l = 0; l < 3; l++) {
+                T* x = a.X[l] + ((size_t)n * net.Tmax + net.t) * net.in[l];
+                std::fill(x, x + net.in[l], T(0));
+            }
     });
 }
 
@@ -208,6 +240,7 @@ struct BwdArgs {
     const T *W, *U, *V, *AB, *saved, *mem_in, *mem_out, *f, *ctl_save;
     const int* y;
     const T* mask;
+    const int* Tn;
     const T* X[3];
     const T *d_regs_out, *d_mem_out, *d_h_out, *d_c_out, *d_f, *d_ll, *d_W, *d_U;
     T *d_regs_in, *d_mem_in, *d_h_in, *d_c_in;
@@ -218,11 +251,11 @@ template <typename T>
 static void fused_backward(const Net& net, const Circuit& c, const BwdArgs<T>& a, int N, T clipc, T eps,
                            int threads) {
     const int R = c.R, Q = c.Q, K = c.K, M = c.M, H = net.H, O = net.O;
-    over_blocks<T>(net, c, N, threads, [&](Scratch<T>& s, int b0, int ne, int seed) {
+    over_blocks<T>(net, c, N, a.Tn, threads, [&](Scratch<T>& s, const int* idx, int ne, int seed) {
         for (int e = 0; e < ne; e++) {       // the circuit, back to the logits
-            const size_t n = b0 + e;
-            if ((int)n + 1 < N) {              // what the forward saved comes from main memory: ask early
-                const size_t m = n + 1;
+            const size_t n = idx[e];
+            const size_t m = e + 1 < ne ? idx[e + 1] : n + 1;
+            if (m < (size_t)N) {               // what the forward saved comes from main memory: ask early
                 prefetch(a.W + m * Q * 2 * K, Q * 2 * K);
                 prefetch(a.U + m * R * K, R * K);
                 prefetch(a.V + m * c.P * c.K8, c.P * c.K8);
@@ -274,7 +307,7 @@ static void fused_backward(const Net& net, const Circuit& c, const BwdArgs<T>& a
         // head: d(head input) = dO W^T
         rows_matmul(ne, s.dO.data(), O, Wt[2], (const T*)nullptr, O, H, s.dX.data(), H);
         for (int e = 0; e < ne; e++) {
-            const size_t n = b0 + e, row = n * net.Tmax + net.t;
+            const size_t n = idx[e], row = n * net.Tmax + net.t;
             const T* dx2 = &s.dX[(size_t)e * H];
             T* d1 = &s.dY[(size_t)e * net.out[1]];
             if (net.kind == 0) {              // a2 = relu(l2 pre-activation)
@@ -298,7 +331,7 @@ static void fused_backward(const Net& net, const Circuit& c, const BwdArgs<T>& a
         }
         rows_matmul(ne, s.dY.data(), net.out[1], Wt[1], (const T*)nullptr, net.out[1], net.in[1], s.dX.data(), net.in[1]);
         for (int e = 0; e < ne; e++) {
-            const size_t n = b0 + e, row = n * net.Tmax + net.t;
+            const size_t n = idx[e], row = n * net.Tmax + net.t;
             const T* dx1 = &s.dX[(size_t)e * net.in[1]];
             const T* a1 = a.X[1] + row * net.in[1];
             T* d0 = &s.d0[(size_t)e * H];
@@ -308,7 +341,18 @@ static void fused_backward(const Net& net, const Circuit& c, const BwdArgs<T>& a
         }
         rows_matmul(ne, s.d0.data(), H, Wt[0], (const T*)nullptr, H, R, s.dX.data(), R);
         for (int e = 0; e < ne; e++)
-            for (int r = 0; r < R; r++) a.d_regs_in[((size_t)(b0 + e) * R + r) * M] += s.dX[(size_t)e * R + r];
+            for (int r = 0; r < R; r++) a.d_regs_in[((size_t)idx[e] * R + r) * M] += s.dX[(size_t)e * R + r];
+    }, [&](int n) {                           // past its last step: nothing reaches back through it
+        std::fill(a.d_regs_in + (size_t)n * R * M, a.d_regs_in + (size_t)(n + 1) * R * M, T(0));
+        std::fill(a.d_mem_in + (size_t)n * M * M, a.d_mem_in + (size_t)(n + 1) * M * M, T(0));
+        if (net.kind == 1) {
+            std::fill(a.d_h_in + (size_t)n * H, a.d_h_in + (size_t)(n + 1) * H, T(0));
+            std::fill(a.d_c_in + (size_t)n * H, a.d_c_in + (size_t)(n + 1) * H, T(0));
+        }
+        for (int l = 0; l < 3; l++) {
+            T* d = a.D[l] + ((size_t)n * net.Tmax + net.t) * net.out[l];
+            std::fill(d, d + net.out[l], T(0));
+        }
     });
 }
 
