@@ -17,7 +17,7 @@ Three things make it cheaper than the sum of its parts:
 - an example whose T_n steps are done is skipped: a batch runs max(T_n) steps, and the later steps of
   a shorter example weigh nothing in the loss (its halting mass there is 0), so the kernel only
   carries its state on (the same values) and hands back zero gradients. Under the curriculum most
-  examples are shorter than the batch's longest: 1.4x to 2x the training steps per second on the
+  examples are shorter than the batch's longest: 1.3x to 2.1x the training steps per second on the
   hard tasks and on Copy, with the same losses to the bit.
 
 `Unroll` holds what a run's timesteps share (packed weights, targets, those buffers); `step` is one
