@@ -1,4 +1,5 @@
-"""Hand-wired circuits for Access, Increment and Copy on the paper's 14 gates (see nramctl.program)."""
+"""Hand-wired circuits on the paper's 14 gates (see nramctl.program): Access, Increment and Copy, and two hard
+tasks, Permutation and ListSearch, that show those tasks can be solved within their T(n) steps with R = 4."""
 from nramctl.gates import PAPER_GATES
 
 NOOP = {"READ": ["r0"], "WRITE": ["r0", "READ"]}          # rewrites a cell with its own value
@@ -29,5 +30,25 @@ COPY = (4, [
     ({}, {**NOOP, "stop": True}),
 ])
 
-CIRCUITS = {"access": ACCESS, "increment": INCREMENT, "copy": COPY}
+PERMUTATION = (4, [
+    # r0 = a (A's address), r1 = p (into P), r2 = the address of A[P[i]], r3 = phase
+    ({1: True}, {**NOOP, "r0": "READ", "r1": "ONE"}),                # r0 := mem[0] = a, p := 1
+    ({3: True}, {"READ": ["r1"], "ADD": ["r0", "READ"], "WRITE": ["r1", "READ"],
+                 "r2": "ADD", "r3": "ONE"}),                         # r2 := a + P[i]
+    ({}, {"READ": ["r2"], "WRITE": ["r1", "READ"], "INC": ["r1"], "r1": "INC", "r3": "ZERO"}),   # P[i] := A[P[i]]
+])
+
+LISTSEARCH = (4, [
+    # r0 = p (a node), r1 = v, r2 = p + 1 (its value's address; 0 between the two steps of a node),
+    # r3 = 1 while v is fetched, then whether p's value is v
+    ({0: True}, {**NOOP, "r0": "READ", "r3": "ONE"}),                 # p := head
+    ({1: True}, {"READ": ["r3"], "WRITE": ["r3", "READ"], "INC": ["r0"],
+                 "r1": "READ", "r2": "INC", "r3": "ZERO"}),          # v := mem[1]
+    ({2: False}, {"READ": ["r2"], "WRITE": ["r2", "READ"], "EQ": ["READ", "r1"], "r2": "ZERO", "r3": "EQ"}),
+    ({3: False}, {"READ": ["r0"], "WRITE": ["TWO", "r0"], "stop": True}),   # found: cell 2 := p
+    ({}, {"READ": ["r0"], "WRITE": ["r0", "READ"], "INC": ["READ"], "r0": "READ", "r2": "INC"}),   # p := next
+])
+
+CIRCUITS = {"access": ACCESS, "increment": INCREMENT, "copy": COPY, "permutation": PERMUTATION,
+            "listsearch": LISTSEARCH}
 GATES = PAPER_GATES
