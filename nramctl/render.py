@@ -83,17 +83,19 @@ class TrainProgress:
 
     Where the output is not a terminal (`nohup nramctl reproduce ... > log &`) a bar cannot be drawn:
     then a plain line goes out every `every` seconds and whenever another seed solves, so that a log
-    of a long run can be followed while it runs."""
+    of a long run can be followed while it runs. With `stderr` (the commands' --json, whose standard
+    output is the JSON alone) the bar or the lines go to standard error."""
 
-    def __init__(self, run_name, total, start=0, enabled=True, every=60.0):
+    def __init__(self, run_name, total, start=0, enabled=True, every=60.0, stderr=False):
         import time
         self.enabled, self.name, self.total, self.every = enabled, run_name, total, every
+        self.console = errors if stderr else console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, disable=not enabled)
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console, disable=not enabled)
         self.task = self.progress.add_task(run_name, total=total, completed=start, info="")
-        self.lines = enabled and not console.is_terminal
+        self.lines = enabled and not self.console.is_terminal
         self.clock = time.monotonic
         self.t0 = self.last = self.clock()
         self.solved = 0
@@ -123,8 +125,8 @@ class TrainProgress:
         if self.lines and (now - self.last >= self.every or solved > self.solved):
             self.last, self.solved = now, max(solved, self.solved)
             of = f"/{self.total:,}" if self.total else ""
-            console.print(f"{escape(self.name)}: step {step:,}{of}  {info}  {_clock(now - self.t0)}",
-                          soft_wrap=True)
+            self.console.print(f"{escape(self.name)}: step {step:,}{of}  {info}  {_clock(now - self.t0)}",
+                               soft_wrap=True)
 
 
 def _clock(seconds):

@@ -30,7 +30,7 @@ def cli(tmp_path):
 def trained(cli, *extra):
     r = cli("train", "copy", "--M", 9, "--difficulty", 3, "--steps", 20, "--json", *FAST, *extra)
     assert r.exit_code == 0, r.output
-    return json.loads(r.output)
+    return json.loads(r.stdout)
 
 
 def test_train_creates_a_complete_run(cli):
@@ -48,20 +48,20 @@ def test_train_creates_a_complete_run(cli):
 def test_eval_generalize_inspect_runs(cli):
     trained(cli)
     r = cli("eval", "run-1", "--n", 20, "--difficulty", 2, "--json")
-    ev = json.loads(r.output)
+    ev = json.loads(r.stdout)
     assert set(ev) >= {"run", "M", "difficulty", "n", "discrete", "error", "example_error"}
     assert ev["n"] == 20 and ev["difficulty"] == 2 and 0 <= ev["error"] <= 1
     r = cli("eval", "run-1", "--n", 20, "--discrete", "--json")
-    assert json.loads(r.output)["discrete"] is True
+    assert json.loads(r.stdout)["discrete"] is True
     r = cli("generalize", "--M", 13, "--n", 5, "--json")             # latest run by default
-    g = json.loads(r.output)
+    g = json.loads(r.stdout)
     assert g["run"] == "run-1" and g["M"] == 13
     assert [row["difficulty"] for row in g["rows"]] == list(range(1, 7))   # 2n+1 <= 13
     assert set(g["rows"][0]) >= {"difficulty", "T", "error", "discrete_error", "discrete_agrees"}
     assert [row["T"] for row in g["rows"]] == [2 * n + 1 for n in range(1, 7)]
     assert (cli.root / "run-1" / "generalize-M13.json").is_file()
     r = cli("inspect", "run-1", "--json")
-    tr = json.loads(r.output)
+    tr = json.loads(r.stdout)
     step = tr["steps"][0]
     assert set(tr) >= {"run", "example", "steps"} and len(tr["steps"]) == 7      # T = 2*3+1
     assert set(step) >= {"step", "gates", "registers_before", "registers_after", "memory_changes", "stop"}
@@ -70,16 +70,16 @@ def test_eval_generalize_inspect_runs(cli):
     r = cli("inspect", "run-1", "--step", 5)
     assert r.exit_code == 0 and "READ" in r.output and "registers" in r.output
     r = cli("runs", "--json")
-    rows = json.loads(r.output)
+    rows = json.loads(r.stdout)
     assert rows[0]["name"] == "run-1" and set(rows[0]) >= {"name", "task", "M", "steps", "best_error", "state"}
 
 
 def test_tasks_list_and_sample(cli):
     r = CliRunner().invoke(app, ["tasks", "--json"])
-    assert len(json.loads(r.output)) == 10
+    assert len(json.loads(r.stdout)) == 10
     r = CliRunner().invoke(app, ["tasks", "sample", "copy", "--difficulty", "3", "--M", "9", "--n", "2",
                                  "--json"])
-    s = json.loads(r.output)
+    s = json.loads(r.stdout)
     assert s["task"] == "copy" and len(s["examples"]) == 2
     ex = s["examples"][0]
     assert len(ex["memory"]) == 9 and ex["mask"] == [0, 0, 0, 0, 1, 1, 1, 0, 0]
@@ -119,7 +119,7 @@ def test_interrupt_and_resume_match_an_uninterrupted_run(cli, sig, code):
                                              "--json"]))
     r = cli("train", "--resume", "cut", "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["steps"] == 60
+    assert json.loads(r.stdout)["steps"] == 60
     assert last_metrics(cli.root, "cut") == last_metrics(cli.root, "whole")
     a = torch.load(cli.root / "cut/checkpoints/last.pt", weights_only=True)["trainer"]["model"]
     b = torch.load(cli.root / "whole/checkpoints/last.pt", weights_only=True)["trainer"]["model"]
@@ -195,9 +195,9 @@ def test_program_export_discrete_generalize_and_multi_seed(cli, tmp_path):
     out = trained(cli, "--seeds", 2, "--set", "model.controller=mlp")
     assert len(out["seeds"]) == 2
     r = cli("eval", "run-1/seed-1", "--n", 10, "--json")
-    assert json.loads(r.output)["run"] == "run-1/seed-1"
+    assert json.loads(r.stdout)["run"] == "run-1/seed-1"
     r = cli("inspect", "run-1/seed-0", "--program", "--json")
-    prog = json.loads(r.output)
+    prog = json.loads(r.stdout)
     assert prog["controller"] == "lookup table" and prog["circuits"][0]["steps"].startswith("1")
     assert cli("inspect", "run-1", "--program").exit_code == 0
     path = tmp_path / "prog.py"
@@ -207,7 +207,7 @@ def test_program_export_discrete_generalize_and_multi_seed(cli, tmp_path):
     memory = [4, 5, 6, 7, 0, 0, 0, 0, 0]
     assert 0 <= ns["run"](memory, 7) < 7 and len(memory) == 9
     r = cli("generalize", "run-1", "--M", 2_000_001, "--discrete", "--difficulty", 1000, "--n", 1, "--json")
-    g = json.loads(r.output)
+    g = json.loads(r.stdout)
     assert g["rows"][0]["difficulty"] == 1000 and g["rows"][0]["T"] == 2001
     one_line_error(cli("generalize", "run-1", "--M", 1000), "use --discrete")
 
@@ -215,16 +215,16 @@ def test_program_export_discrete_generalize_and_multi_seed(cli, tmp_path):
 def test_export_refuses_an_lstm(cli, tmp_path):
     trained(cli, "--set", "model.controller=lstm")
     one_line_error(cli("export", "run-1", "--python", tmp_path / "x.py"), "lstm")
-    prog = json.loads(cli("inspect", "run-1", "--program", "--json").output)
+    prog = json.loads(cli("inspect", "run-1", "--program", "--json").stdout)
     assert prog["controller"] == "lstm network" and prog["circuits"][0]["first_step"] == 1
 
 
 def test_bench_prints_figures():
     r = CliRunner().invoke(app, ["bench", "--steps", "1", "--M", "6", "--T", "3", "--batch", "4", "--json"])
-    b = json.loads(r.output)
+    b = json.loads(r.stdout)
     assert set(b) >= {"example_timesteps_per_s", "seconds_per_step", "peak_rss_mb", "M", "seeds"}
     r = CliRunner().invoke(app, ["bench", "--discrete", "--M", "100,100000", "--json"])
-    d = json.loads(r.output)
+    d = json.loads(r.stdout)
     assert [row["M"] for row in d["rows"]] == [100, 100000] and d["slowest_over_fastest"] >= 1
 
 
@@ -232,7 +232,7 @@ def test_reproduce_runs_the_protocol(cli):
     r = cli("reproduce", "access", "--seeds", 2, "--budget-minutes", 0.05, "--n", 3, "--up-to", 6,
             "--set", "train.eval_every=5", "--json")
     assert r.exit_code == 0, r.output
-    res = json.loads(r.output)[0]
+    res = json.loads(r.stdout)[0]
     assert res["task"] == "access" and res["seeds_tried"] == 2
     assert [row["difficulty"] for row in res["rows"]] == list(range(1, 7))
     assert (cli.root / res["run"] / "checkpoints" / "best.pt").is_file()

@@ -191,7 +191,7 @@ def test_resume_extends_steps_and_refuses_other_overrides(cli):
     one_line_error(cli("train", "--resume", "run-1", "--steps", 10), "already at step 20")
     r = cli("train", "--resume", "run-1", "--steps", 30, "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["steps"] == 30
+    assert json.loads(r.stdout)["steps"] == 30
     assert yaml.safe_load((cli.root / "run-1" / "config.yaml").read_text())["train"]["steps"] == 30
 
 
@@ -275,11 +275,11 @@ def test_a_run_whose_process_died_shows_as_interrupted(cli):
     dead.wait()
     st.update(state="running", pid=dead.pid)
     status.write_text(json.dumps(st))
-    rows = json.loads(cli("runs", "--json").output)
+    rows = json.loads(cli("runs", "--json").stdout)
     assert rows[0]["state"] == "interrupted"
     st.update(pid=os.getpid())                                          # alive: a resume is refused
     status.write_text(json.dumps(st))
-    assert json.loads(cli("runs", "--json").output)[0]["state"] == "running"
+    assert json.loads(cli("runs", "--json").stdout)[0]["state"] == "running"
     one_line_error(cli("train", "--resume", "run-1", "--steps", 40), "is being trained by process")
 
 

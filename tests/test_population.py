@@ -38,7 +38,7 @@ def test_reproduce_reports_solved_and_unsolved_seeds(cli):
             "--set", "model.hidden=16", "--set", "M=10", "--set", "difficulty=8", "--set", "train.extra_steps=0",
             "--json")
     assert r.exit_code == 0, r.output
-    res = json.loads(r.output)[0]
+    res = json.loads(r.stdout)[0]
     assert res["seeds_tried"] == 6 and res["seeds_solved"] == len(res["solved"]) == 3
     assert res["share"] == pytest.approx(3 / 6)
     assert (res["share_low"], res["share_high"]) == pytest.approx(wilson(3, 6))
@@ -128,7 +128,7 @@ def test_exploit_explore_through_the_command_line_records_the_lineage(cli):
     lines = [json.loads(x) for x in (cli.root / "run-1" / "metrics.jsonl").read_text().splitlines()]
     events = [x for x in lines if "event" in x]
     assert events and all(e["event"] == "exploit" and e["from"] != e["seed"] for e in events)
-    show = json.loads(cli("runs", "show", "run-1", "--json").output)
+    show = json.loads(cli("runs", "show", "run-1", "--json").stdout)
     copied = {e["seed"] for e in events}
     assert all(s["lineage"] for s in show["seeds"] if s["seed"] in copied)
     assert cli("plot", "run-1").exit_code == 0
@@ -149,7 +149,7 @@ def test_reproduce_interrupted_while_measuring_and_while_polishing_ends_as_if_ne
     args = ["--budget-minutes", 5, "--n", 3, "--up-to", 6, *[x for s in sets for x in ("--set", s)], "--json"]
     whole = cli("reproduce", "access", "--seeds", 6, *args)
     assert whole.exit_code == 0, whole.output
-    whole = json.loads(whole.output)[0]
+    whole = json.loads(whole.stdout)[0]
     assert whole["solved"][0]["seed"] == 0 and whole["steps"] == 120
 
     run, trainer, _ = start_task(RunStore(cli.root), task_config("access", None, ["train.seeds=6", *sets]), 300, 3, 6)
@@ -161,7 +161,7 @@ def test_reproduce_interrupted_while_measuring_and_while_polishing_ends_as_if_ne
         trainer = resume(run)
     r = cli("reproduce", "--resume", run.name, "--json")
     assert r.exit_code == 0, r.output
-    cut = json.loads(r.output)[0]
+    cut = json.loads(r.stdout)[0]
     same = ("seeds_tried", "seeds_solved", "seed", "steps", "train_error", "solved_step", "result", "rows")
     assert {k: cut[k] for k in same} == {k: whole[k] for k in same}
     assert [(s["seed"], s["step"]) for s in cut["solved"]] == [(s["seed"], s["step"]) for s in whole["solved"]]
@@ -191,6 +191,6 @@ def test_reproduce_stops_at_ctrl_c_with_a_resumable_run_and_refuses_other_change
     one_line_error(cli("reproduce", "--resume", "run-1", "--budget-minutes", -1), "positive")
     r = cli("reproduce", "--resume", "run-1", "--budget-minutes", 0.001, "--json")   # spent: tests at once
     assert r.exit_code == 0, r.output
-    res = json.loads(r.output)[0]
+    res = json.loads(r.stdout)[0]
     assert (res["result"], res["steps"], res["seeds_tried"]) == ("budget", step, 2)
     assert res["budget_seconds"] == pytest.approx(0.06)

@@ -81,7 +81,7 @@ def test_every_plot_kind_writes_a_png_that_is_not_blank(cli, what):
     r = cli("plot", "run-1", "--what", what, "--json", *extra)
     assert r.exit_code == 0, r.output
     path = cli.root / "run-1" / "plots" / f"{what}.png"
-    assert json.loads(r.output)["path"] == str(path)
+    assert json.loads(r.stdout)["path"] == str(path)
     (h, w), ink = png_size_and_ink(path)
     assert h >= 300 and w >= 500 and ink > 10, (h, w, ink)
     if what == "generalization":
@@ -130,7 +130,7 @@ def test_runs_show_csv_filters_and_rm(cli):
     trained(cli)
     trained(cli, "--set", "train.steps=1")
     out = trained(cli, "--name", "other")
-    show = json.loads(cli("runs", "show", "run-1", "--json").output)
+    show = json.loads(cli("runs", "show", "run-1", "--json").stdout)
     env = show["environment"]
     assert {"nramctl", "python", "torch", "threads", "command"} <= set(env)
     assert env["torch"] == torch.__version__ and env["command"] and env["ended"]   # (a real command line:
@@ -139,8 +139,8 @@ def test_runs_show_csv_filters_and_rm(cli):
     assert {"config.yaml", "metrics.jsonl", "checkpoints/last.pt", "environment.json"} <= {f["path"] for f in show["files"]}
     rows = list(csv.DictReader(io.StringIO(cli("runs", "--csv").output)))
     assert [r["name"] for r in rows] == ["run-1", "run-2", "other"] and rows[0]["task"] == "copy"
-    assert json.loads(cli("runs", "--task", "access", "--json").output) == []
-    assert len(json.loads(cli("runs", "--state", "budget", "--json").output)) == 3
+    assert json.loads(cli("runs", "--task", "access", "--json").stdout) == []
+    assert len(json.loads(cli("runs", "--state", "budget", "--json").stdout)) == 3
     one_line_error(cli("runs", "--task", "sort"), "unknown task")
     # a running run is refused; a finished one is deleted
     status = cli.root / "other" / "status.json"
@@ -158,7 +158,7 @@ def test_runs_show_csv_filters_and_rm(cli):
 def test_resume_adds_a_session_to_the_environment(cli):
     trained(cli)
     assert cli("train", "--resume", "run-1", "--steps", 25).exit_code == 0
-    env = json.loads(cli("runs", "show", "run-1", "--json").output)["environment"]
+    env = json.loads(cli("runs", "show", "run-1", "--json").stdout)["environment"]
     assert len(env["sessions"]) == 2 and env["sessions"][1]["started"] >= env["sessions"][0]["ended"]
     assert env["sessions"][1]["ended"]
 
@@ -202,3 +202,15 @@ def test_progress_off_a_terminal_is_plain_lines_on_a_clock_and_on_each_solve(mon
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("run-9:")]
     assert [l.split()[2] for l in lines] == ["30/1,000", "40/1,000", "60/1,000"]
     assert "solved 1/4" in lines[1] and lines[0].endswith("0:01:01") and lines[2].endswith("1:02:05")
+
+
+def test_progress_of_a_json_command_goes_to_stderr(monkeypatch, capsys):
+    """--json keeps standard output for the JSON alone; the progress lines go to standard error."""
+    from nramctl import render
+    monkeypatch.setattr(render.errors, "_force_terminal", False)
+    bar = render.TrainProgress("run-9", 100, every=60.0, stderr=True)
+    with bar:
+        bar.update([{"step": 10, "seed": 0, "loss": 1.0, "error": 0.0, "level": 1, "examples_per_s": 9.0,
+                     "solved_step": 10}])
+    out, err = capsys.readouterr()
+    assert out == "" and "run-9: step 10/100" in err and "solved" not in out

@@ -67,7 +67,7 @@ def test_a_local_sweep_trains_ordinary_runs_and_summarizes_them(tmp_path):
     r = sweep(root, "access", "--set", "train.lr=0.003,0.01", "--seeds", 3, "--seeds-per-run", 2, "--workers", 1,
               *FAST, "--json")
     assert r.exit_code == 0, r.output
-    out = json.loads(r.output)
+    out = json.loads(r.stdout)
     assert out["sweep"] == "sweep-1" and len(out["rows"]) == 2
     m = yaml.safe_load((root / "sweep-1" / "sweep.yaml").read_text())
     assert [row["overrides"][0] for row in m["settings"]] == ["train.lr=0.003", "train.lr=0.01"]
@@ -82,15 +82,15 @@ def test_a_local_sweep_trains_ordinary_runs_and_summarizes_them(tmp_path):
     assert sorted(x["name"] for x in runs) == ["sweep-1-000-0", "sweep-1-000-1", "sweep-1-001-0", "sweep-1-001-1"]
     ev = CliRunner().invoke(app, ["eval", "sweep-1-001-0", "--n", 10, "--runs-dir", str(root), "--json"])
     assert ev.exit_code == 0, ev.output
-    again = json.loads(sweep(root, "show", "sweep-1", "--json").output)
+    again = json.loads(sweep(root, "show", "sweep-1", "--json").stdout)
     assert again["rows"] == out["rows"]
     pic = CliRunner().invoke(app, ["plot", "sweep-1", "--runs-dir", str(root), "--json"])
     assert pic.exit_code == 0, pic.output
     assert (root / "sweep-1" / "plots" / "shares.png").stat().st_size > 5000
-    plan = json.loads(sweep(root, "access", "--set", "train.lr=0.1,0.2,0.3", "--seeds", 2, "--dry-run", "--json").output)
+    plan = json.loads(sweep(root, "access", "--set", "train.lr=0.1,0.2,0.3", "--seeds", 2, "--dry-run", "--json").stdout)
     assert len(plan["settings"]) == 3 and not (root / "sweep-2").exists()
     named = sweep(root, "access", "--name", "lr-scan", "--seeds", 1, "--workers", 1, *FAST, "--json")
-    assert named.exit_code == 0 and json.loads(named.output)["sweep"] == "lr-scan"
+    assert named.exit_code == 0 and json.loads(named.stdout)["sweep"] == "lr-scan"
     assert (root / "lr-scan-000-0" / "status.json").is_file()
     one_line_error(sweep(root, "access", "--name", "lr-scan"), "already exists")
 
@@ -122,7 +122,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     done_before = (root / "sweep-1-000-0" / "checkpoints" / "last.pt").stat().st_mtime_ns
     r = sweep(root, "--resume", "sweep-1", "--workers", 1, "--json")
     assert r.exit_code == 0, r.output
-    rows = json.loads(r.output)["rows"]
+    rows = json.loads(r.stdout)["rows"]
     assert all(row["finished_runs"] == 2 and row["seeds_tried"] == 2 for row in rows), [(r["finished_runs"], r["seeds_tried"], r["runs"]) for r in rows]
     assert (root / "sweep-1-000-0" / "checkpoints" / "last.pt").stat().st_mtime_ns == done_before
     env = json.loads((root / "sweep-1-000-1" / "environment.json").read_text())
@@ -149,7 +149,7 @@ def test_a_sweep_on_a_local_ray_cluster(tmp_path, ray_cluster, ship):
     r = sweep(root, "access", "--set", "train.lr=0.003,0.01", "--seeds", 2, "--threads", 1, "--address",
               ray_cluster, *(["--ship"] if ship else []), *FAST, "--json")
     assert r.exit_code == 0, r.output
-    out = json.loads(r.output)
+    out = json.loads(r.stdout)
     assert len(out["rows"]) == 2 and all(row["seeds_tried"] == 2 and row["finished_runs"] == 2 for row in out["rows"])
     for name in ("sweep-1-000-0", "sweep-1-000-1", "sweep-1-001-0", "sweep-1-001-1"):
         st = json.loads((root / name / "status.json").read_text())
