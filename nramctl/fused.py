@@ -11,7 +11,7 @@ Three things make it cheaper than the sum of its parts:
   it, and a one-input gate reads one argument (for the paper's 14 gates and R = 4: 308 of 577 columns).
   The others get no gradient (their softmax weight is 0), so leaving them out changes nothing.
 - parameter gradients are not summed step by step. Each step's backward writes every layer's input
-  rows and output gradients into [N, T, width] buffers; after the last step's backward (the first
+  rows and output gradients into [S, rows, width] buffers (a row per example and step that runs); after the last step's backward (the first
   timestep: autograd walks back in time) one batched product per layer gives the weight gradients of
   all timesteps at once, returned to autograd by that last node.
 - an example whose T_n steps are done is skipped: a batch runs max(T_n) steps, and the later steps of
@@ -78,10 +78,21 @@ class Unroll:
         self.Tn = batch.T.to(torch.int32).contiguous()     # an example past its T_n steps is skipped
         ins = [model.R, (2 if self.lstm else 1) * self.H, self.H]
         outs = [self.H, (4 if self.lstm else 1) * self.H, self.O]
-        if grad:      # every row is written by the forward (X) or backward (D) of its timestep
-            self.X = [torch.empty(N, steps, w, dtype=dtype) for w in ins]
-            self.D = [torch.empty(N, steps, w, dtype=dtype) for w in outs]
+        if grad:
+            # one row per example and step that runs, in each seed's block of `rows` (the others pad:
+            # zeros, so that they add nothing); pos [N, steps]: an example's step's row, -1 if skipped
+            runs = (torch.arange(steps)[None, :] < batch.T[:, None]).view(S, -1)
+            counts = runs.sum(1)
+            self.rows = max(int(counts.max()), 1)
+            self.pos = torch.where(runs, runs.cumsum(1) - 1, -1).view(N, steps).to(torch.int32).contiguous()
+            pad = torch.arange(self.rows)[None, :] >= counts[:, None]          # [S, rows]
+            self.X = [torch.empty(S, self.rows, w, dtype=dtype) for w in ins]
+            self.D = [torch.empty(S, self.rows, w, dtype=dtype) for w in outs]
+            if pad.any():
+                for buf in self.X + self.D:
+                    buf[pad] = 0
         else:
+            self.rows, self.pos = 0, None
             self.X = self.D = [None] * 3
         self.went_back = set()                 # timesteps whose backward has run
         self.pending = 0                       # timesteps run forward whose backward has not come
@@ -93,18 +104,19 @@ class Unroll:
         """The kernel's sizes. A whole timestep is some microseconds per example, so even 16 examples
         (one seed's batch) are worth sharing out over the threads."""
         m = self.model
-        return (ctypes.c_int * 14)(self.N, m.S, self.B, m.R, m.Q, self.M, self.plan.G, self.H, self.O, int(self.lstm),
-                                   int(renorm), native.threads(self.N, 16), self.steps, t)
+        return (ctypes.c_int * 15)(self.N, m.S, self.B, m.R, m.Q, self.M, self.plan.G, self.H, self.O, int(self.lstm),
+                                   int(renorm), native.threads(self.N, 16), self.steps, t, self.rows)
 
     def weight_grads(self):
         """Every controller parameter's gradient over all timesteps: one batched product per layer."""
         S, grads = self.model.S, []
-        for t in set(range(self.steps)) - self.went_back:     # a timestep no gradient reached
+        missed = sorted(set(range(self.steps)) - self.went_back)    # timesteps no gradient reached
+        if missed:
+            n, t = (self.pos[:, missed] >= 0).nonzero(as_tuple=True)
+            rows = n // self.B, self.pos[:, missed][n, t].long()
             for D in self.D:
-                D[:, t].zero_()
+                D[rows] = 0
         for layer, (X, D) in enumerate(zip(self.X, self.D)):
-            X = X.view(S, -1, X.shape[-1])
-            D = D.view(S, -1, D.shape[-1])
             dW, db = torch.bmm(X.transpose(1, 2), D), D.sum(1, keepdim=True)
             if layer == 2:                     # back into the head's full column layout
                 full_w, full_b = self.params[4], self.params[5]
@@ -135,7 +147,7 @@ def _forward(unroll, t, regs, mem, h, c, renorm, save):
     for w, b in zip(u.Wf, u.bf):
         ptrs += [native.address(w), native.address(b)]
     ptrs += [native.address(x) for x in (regs, mem, h.contiguous() if lstm else None, c.contiguous() if lstm else None,
-                               u.y, u.mask, u.Tn, regs_out, mem_out, h_out, c_out, f, ll, args_w, regs_w, V, AB,
+                               u.y, u.mask, u.Tn, u.pos, regs_out, mem_out, h_out, c_out, f, ll, args_w, regs_w, V, AB,
                                saved, keep, *X)]
     u.fn_forward(u.ints(t, renorm), (ctypes.c_void_p * len(ptrs))(*ptrs), ctypes.c_double(u.eps))
     return regs_out, mem_out, h_out, c_out, f, ll, args_w, regs_w, (args_w, regs_w, V, AB, saved, mem, mem_out, f, keep)
@@ -170,7 +182,7 @@ class Step(torch.autograd.Function):
                  for x in (d_regs, d_mem, d_h if lstm else None, d_c if lstm else None, d_f, d_ll, d_args_w, d_regs_w)]
         ptrs = [*u.plan.addresses, *map(native.address, u.Wt)]
         ptrs += [native.address(x) for x in (args_w, regs_w, V, AB, saved, mem_in, mem_out, f, keep[0] if keep else None,
-                                   u.y, u.mask, u.Tn, *u.X, *grads, d_regs_in, d_mem_in, d_h_in, d_c_in, *u.D)]
+                                   u.y, u.mask, u.Tn, u.pos, *u.X, *grads, d_regs_in, d_mem_in, d_h_in, d_c_in, *u.D)]
         u.fn_backward(u.ints(ctx.t, ctx.renorm), (ctypes.c_void_p * len(ptrs))(*ptrs),
            ctypes.c_double(ctx.clip_c or 0.0), ctypes.c_double(u.eps))
         u.pending -= 1

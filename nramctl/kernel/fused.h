@@ -3,8 +3,8 @@
 // machine.py's `step` (the controller's layers, the head, circuit.py) is the definition; the fused
 // node in fused.py hands this code packed weights and buffers. The head computes only the logits a
 // gate or register may use; parameter gradients are left to the caller: each layer's input rows and
-// output gradients are written into [N, Tmax, width] buffers at column t, and one batched product
-// per layer over all timesteps gives the weight gradients.
+// output gradients are written into [S, rows, width] buffers, one row per example and step that ran
+// (Net::row), and one batched product per layer over all timesteps gives the weight gradients.
 #pragma once
 #include "circuit.h"
 
@@ -69,6 +69,9 @@ struct Net {
     int kind;               // 0: MLP (l1, l2, head), 1: LSTM (inp, gates, head)
     int S, B, H, O, Tmax, t;
     int in[3], out[3];
+    int rows;               // rows per seed of the weight-gradient buffers: its examples' steps that run
+    const int* pos;         // [N, Tmax]: the row of example n's step t within its seed's rows (-1: skipped)
+    size_t row(size_t n) const { return (size_t)(n / B) * rows + pos[n * Tmax + t]; }
 };
 
 // Per-thread scratch for one block.
@@ -184,7 +187,7 @@ static void fused_forward(const Net& net, const Circuit& c, const FwdArgs<T>& a,
         if (a.X[0])
             for (int l = 0; l < 3; l++)
                 for (int e = 0; e < ne; e++)
-                    std::memcpy(a.X[l] + ((size_t)idx[e] * net.Tmax + net.t) * net.in[l],
+                    std::memcpy(a.X[l] + net.row(idx[e]) * net.in[l],
                                 &s.x[l][(size_t)e * net.in[l]], sizeof(T) * net.in[l]);
         for (int e = 0; e < ne; e++) {
             const size_t n = idx[e];
@@ -226,11 +229,6 @@ static void fused_forward(const Net& net, const Circuit& c, const FwdArgs<T>& a,
         if (a.ll_out) a.ll_out[n] = 0;
         std::fill(a.W + (size_t)n * Q * 2 * K, a.W + (size_t)(n + 1) * Q * 2 * K, T(0));
         std::fill(a.U + (size_t)n * R * K, a.U + (size_t)(n + 1) * R * K, T(0));
-        if (a.X[0])                           // rows the weight gradients multiply by zero
-            for (int l = 0; l < 3; l++) {
-                T* x = a.X[l] + ((size_t)n * net.Tmax + net.t) * net.in[l];
-                std::fill(x, x + net.in[l], T(0));
-            }
     });
 }
 
@@ -300,14 +298,14 @@ static void fused_backward(const Net& net, const Circuit& c, const BwdArgs<T>& a
             const T f = a.f[n];
             dO[O - 1] = a.d_f ? clamp(a.d_f[n] * f * (1 - f), clipc) : T(0);
             store_d_registers(c, cs, a.d_regs_in + n * R * M);
-            std::memcpy(a.D[2] + (n * net.Tmax + net.t) * O, dO, sizeof(T) * O);
+            std::memcpy(a.D[2] + net.row(n) * O, dO, sizeof(T) * O);
         }
         const T* Wt[3];
         for (int l = 0; l < 3; l++) Wt[l] = a.Wt[l] + (size_t)seed * net.in[l] * net.out[l];
         // head: d(head input) = dO W^T
         rows_matmul(ne, s.dO.data(), O, Wt[2], (const T*)nullptr, O, H, s.dX.data(), H);
         for (int e = 0; e < ne; e++) {
-            const size_t n = idx[e], row = n * net.Tmax + net.t;
+            const size_t n = idx[e], row = net.row(n);
             const T* dx2 = &s.dX[(size_t)e * H];
             T* d1 = &s.dY[(size_t)e * net.out[1]];
             if (net.kind == 0) {              // a2 = relu(l2 pre-activation)
@@ -331,7 +329,7 @@ static void fused_backward(const Net& net, const Circuit& c, const BwdArgs<T>& a
         }
         rows_matmul(ne, s.dY.data(), net.out[1], Wt[1], (const T*)nullptr, net.out[1], net.in[1], s.dX.data(), net.in[1]);
         for (int e = 0; e < ne; e++) {
-            const size_t n = idx[e], row = n * net.Tmax + net.t;
+            const size_t n = idx[e], row = net.row(n);
             const T* dx1 = &s.dX[(size_t)e * net.in[1]];
             const T* a1 = a.X[1] + row * net.in[1];
             T* d0 = &s.d0[(size_t)e * H];
@@ -348,10 +346,6 @@ static void fused_backward(const Net& net, const Circuit& c, const BwdArgs<T>& a
         if (net.kind == 1) {
             std::fill(a.d_h_in + (size_t)n * H, a.d_h_in + (size_t)(n + 1) * H, T(0));
             std::fill(a.d_c_in + (size_t)n * H, a.d_c_in + (size_t)(n + 1) * H, T(0));
-        }
-        for (int l = 0; l < 3; l++) {
-            T* d = a.D[l] + ((size_t)n * net.Tmax + net.t) * net.out[l];
-            std::fill(d, d + net.out[l], T(0));
         }
     });
 }

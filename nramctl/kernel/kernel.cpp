@@ -78,11 +78,11 @@ static void backward(const T* W_, const T* U_, const T* V_, const T* AB_, const 
 
 // The sizes (v) and the gate sequence (the first three pointers of p: codes, arity, values).
 static void net_dims(const int* v, void** p, Net& net, Circuit& c, int& N, int& renorm, int& threads) {
-    // v: N, S, B, R, Q, M, G, H, O, kind, renorm, threads, Tmax, t
+    // v: N, S, B, R, Q, M, G, H, O, kind, renorm, threads, Tmax, t, rows
     N = v[0];
     c = make_circuit(v[3], v[4], v[5], v[6], (const int*)p[0], (const int*)p[1], (const int*)p[2]);
     net.S = v[1]; net.B = v[2]; net.H = v[7]; net.O = v[8]; net.kind = v[9];
-    renorm = v[10]; threads = v[11]; net.Tmax = v[12]; net.t = v[13];
+    renorm = v[10]; threads = v[11]; net.Tmax = v[12]; net.t = v[13]; net.rows = v[14]; net.pos = nullptr;
     const int H = net.H;
     int in[3] = {c.R, net.kind ? 2 * H : H, H}, out[3] = {H, net.kind ? 4 * H : H, net.O};
     for (int l = 0; l < 3; l++) { net.in[l] = in[l]; net.out[l] = out[l]; }
@@ -96,7 +96,7 @@ static void step_forward(const int* v, void** p, double eps) {
     int k = 3;                               // after the gate sequence
     for (int l = 0; l < 3; l++) { a.Wf[l] = (const T*)p[k++]; a.bf[l] = (const T*)p[k++]; }
     a.regs_in = (const T*)p[k++]; a.mem_in = (const T*)p[k++]; a.h_in = (const T*)p[k++]; a.c_in = (const T*)p[k++];
-    a.y = (const int*)p[k++]; a.mask = (const T*)p[k++]; a.Tn = (const int*)p[k++];
+    a.y = (const int*)p[k++]; a.mask = (const T*)p[k++]; a.Tn = (const int*)p[k++]; net.pos = (const int*)p[k++];
     a.regs_out = (T*)p[k++]; a.mem_out = (T*)p[k++]; a.h_out = (T*)p[k++]; a.c_out = (T*)p[k++];
     a.f_out = (T*)p[k++]; a.ll_out = (T*)p[k++]; a.W = (T*)p[k++]; a.U = (T*)p[k++]; a.V = (T*)p[k++];
     a.AB = (T*)p[k++]; a.saved = (T*)p[k++]; a.ctl_save = (T*)p[k++];
@@ -113,7 +113,7 @@ static void step_backward(const int* v, void** p, double clipc, double eps) {
     for (int l = 0; l < 3; l++) a.Wt[l] = (const T*)p[k++];
     a.W = (const T*)p[k++]; a.U = (const T*)p[k++]; a.V = (const T*)p[k++]; a.AB = (const T*)p[k++];
     a.saved = (const T*)p[k++]; a.mem_in = (const T*)p[k++]; a.mem_out = (const T*)p[k++]; a.f = (const T*)p[k++]; a.ctl_save = (const T*)p[k++];
-    a.y = (const int*)p[k++]; a.mask = (const T*)p[k++]; a.Tn = (const int*)p[k++];
+    a.y = (const int*)p[k++]; a.mask = (const T*)p[k++]; a.Tn = (const int*)p[k++]; net.pos = (const int*)p[k++];
     for (int l = 0; l < 3; l++) a.X[l] = (const T*)p[k++];
     a.d_regs_out = (const T*)p[k++]; a.d_mem_out = (const T*)p[k++]; a.d_h_out = (const T*)p[k++];
     a.d_c_out = (const T*)p[k++]; a.d_f = (const T*)p[k++]; a.d_ll = (const T*)p[k++];
