@@ -61,35 +61,30 @@ def _publish(tmp, path):
     fsync_dir(Path(path).parent)
 
 
-def atomic_write(path, data, mode="w"):
-    """Write `data` (str or bytes) to a temporary file beside `path`, then rename it into place."""
+def _atomically(path, write, mode):
+    """Run write(file) on a temporary file beside `path`, fsync it, then rename it into place; on any
+    failure the temporary file goes and `path` is untouched."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path, data, mode="w"):
+    """Write `data` (str or bytes) to a temporary file beside `path`, then rename it into place."""
+    _atomically(path, lambda fh: fh.write(data), mode)
 
 
 def atomic_save(obj, path):
     import torch                         # only commands that write checkpoints pay for importing torch
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomically(path, lambda fh: torch.save(obj, fh), "wb")
 
 
 def pid_alive(pid):
