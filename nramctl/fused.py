@@ -75,16 +75,17 @@ class Unroll:
         dtype = self.Wf[0].dtype
         self.y = batch.target.to(torch.int32).contiguous()
         self.mask = batch.mask.to(dtype).contiguous()
-        self.Tn = batch.T.to(torch.int32).contiguous()     # an example past its T_n steps is skipped
         ins = [model.R, (2 if self.lstm else 1) * self.H, self.H]
         outs = [self.H, (4 if self.lstm else 1) * self.H, self.O]
+        # pos [N, steps]: -1 where an example is past its T_n steps (the kernel skips it), else the
+        # row of that example's step among its seed's rows of the weight-gradient buffers below
+        runs = (torch.arange(steps)[None, :] < batch.T[:, None]).view(S, -1)
+        self.pos = torch.where(runs, runs.cumsum(1) - 1, -1).view(N, steps).to(torch.int32).contiguous()
         if grad:
             # one row per example and step that runs, in each seed's block of `rows` (the others pad:
-            # zeros, so that they add nothing); pos [N, steps]: an example's step's row, -1 if skipped
-            runs = (torch.arange(steps)[None, :] < batch.T[:, None]).view(S, -1)
+            # zeros, so that they add nothing)
             counts = runs.sum(1)
             self.rows = max(int(counts.max()), 1)
-            self.pos = torch.where(runs, runs.cumsum(1) - 1, -1).view(N, steps).to(torch.int32).contiguous()
             pad = torch.arange(self.rows)[None, :] >= counts[:, None]          # [S, rows]
             self.X = [torch.empty(S, self.rows, w, dtype=dtype) for w in ins]
             self.D = [torch.empty(S, self.rows, w, dtype=dtype) for w in outs]
@@ -92,7 +93,7 @@ class Unroll:
                 for buf in self.X + self.D:
                     buf[pad] = 0
         else:
-            self.rows, self.pos = 0, None
+            self.rows = 0
             self.X = self.D = [None] * 3
         self.went_back = set()                 # timesteps whose backward has run
         self.pending = 0                       # timesteps run forward whose backward has not come
@@ -112,8 +113,9 @@ class Unroll:
         S, grads = self.model.S, []
         missed = sorted(set(range(self.steps)) - self.went_back)    # timesteps no gradient reached
         if missed:
-            n, t = (self.pos[:, missed] >= 0).nonzero(as_tuple=True)
-            rows = n // self.B, self.pos[:, missed][n, t].long()
+            pos = self.pos[:, missed]
+            n, t = (pos >= 0).nonzero(as_tuple=True)
+            rows = n // self.B, pos[n, t].long()
             for D in self.D:
                 D[rows] = 0
         for layer, (X, D) in enumerate(zip(self.X, self.D)):
@@ -147,7 +149,7 @@ def _forward(unroll, t, regs, mem, h, c, renorm, save):
     for w, b in zip(u.Wf, u.bf):
         ptrs += [native.address(w), native.address(b)]
     ptrs += [native.address(x) for x in (regs, mem, h.contiguous() if lstm else None, c.contiguous() if lstm else None,
-                               u.y, u.mask, u.Tn, u.pos, regs_out, mem_out, h_out, c_out, f, ll, args_w, regs_w, V, AB,
+                               u.y, u.mask, u.pos, regs_out, mem_out, h_out, c_out, f, ll, args_w, regs_w, V, AB,
                                saved, keep, *X)]
     u.fn_forward(u.ints(t, renorm), (ctypes.c_void_p * len(ptrs))(*ptrs), ctypes.c_double(u.eps))
     return regs_out, mem_out, h_out, c_out, f, ll, args_w, regs_w, (args_w, regs_w, V, AB, saved, mem, mem_out, f, keep)
@@ -182,7 +184,7 @@ class Step(torch.autograd.Function):
                  for x in (d_regs, d_mem, d_h if lstm else None, d_c if lstm else None, d_f, d_ll, d_args_w, d_regs_w)]
         ptrs = [*u.plan.addresses, *map(native.address, u.Wt)]
         ptrs += [native.address(x) for x in (args_w, regs_w, V, AB, saved, mem_in, mem_out, f, keep[0] if keep else None,
-                                   u.y, u.mask, u.Tn, u.pos, *u.X, *grads, d_regs_in, d_mem_in, d_h_in, d_c_in, *u.D)]
+                                   u.y, u.mask, u.pos, *u.X, *grads, d_regs_in, d_mem_in, d_h_in, d_c_in, *u.D)]
         u.fn_backward(u.ints(ctx.t, ctx.renorm), (ctypes.c_void_p * len(ptrs))(*ptrs),
            ctypes.c_double(ctx.clip_c or 0.0), ctypes.c_double(u.eps))
         u.pending -= 1

@@ -86,16 +86,16 @@ class TrainProgress:
     of a long run can be followed while it runs. With `stderr` (the commands' --json, whose standard
     output is the JSON alone) the bar or the lines go to standard error."""
 
-    def __init__(self, run_name, total, start=0, enabled=True, every=60.0, stderr=False):
+    def __init__(self, run_name, total, start=0, every=60.0, stderr=False):
         import time
-        self.enabled, self.name, self.total, self.every = enabled, run_name, total, every
+        self.name, self.total, self.every = run_name, total, every
         self.console = errors if stderr else console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console, disable=not enabled)
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console)
         self.task = self.progress.add_task(run_name, total=total, completed=start, info="")
-        self.lines = enabled and not self.console.is_terminal
+        self.lines = not self.console.is_terminal
         self.clock = time.monotonic
         self.t0 = self.last = self.clock()
         self.solved = 0

@@ -70,7 +70,9 @@ struct Net {
     int S, B, H, O, Tmax, t;
     int in[3], out[3];
     int rows;               // rows per seed of the weight-gradient buffers: its examples' steps that run
-    const int* pos;         // [N, Tmax]: the row of example n's step t within its seed's rows (-1: skipped)
+    const int* pos;         // [N, Tmax]: the row of example n's step t within its seed's rows; -1 where
+                            // the example is past its last step (skipped)
+    bool runs(size_t n) const { return pos[n * Tmax + t] >= 0; }
     size_t row(size_t n) const { return (size_t)(n / B) * rows + pos[n * Tmax + t]; }
 };
 
@@ -95,11 +97,10 @@ struct Scratch {
 
 // Runs body(scratch, idx, ne, seed) over this call's examples in blocks of up to EB examples of one
 // seed (idx: their indices), each thread over its own contiguous share. An example whose last step
-// is behind it (net.t >= Tn[n]; Tn null: none) gets idle(n) instead: its later steps weigh nothing in
-// the loss, so they need no arithmetic, only outputs that carry its state on.
+// is behind it (!net.runs(n)) gets idle(n) instead: its later steps weigh nothing in the loss, so they
+// need no arithmetic, only outputs that carry its state on.
 template <typename T, typename Body, typename Idle>
-static void over_blocks(const Net& net, const Circuit& c, int N, const int* Tn, int threads, Body&& body,
-                        Idle&& idle) {
+static void over_blocks(const Net& net, const Circuit& c, int N, int threads, Body&& body, Idle&& idle) {
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         Scratch<T> s(net, c);
@@ -111,7 +112,7 @@ static void over_blocks(const Net& net, const Circuit& c, int N, const int* Tn, 
                 body(s, idx, ne, seed);
                 ne = 0;
             }
-            if (Tn && net.t >= Tn[n]) {
+            if (!net.runs(n)) {
                 idle(n);
                 continue;
             }
@@ -133,7 +134,6 @@ struct FwdArgs {
     const T *regs_in, *mem_in, *h_in, *c_in;
     const int* y;
     const T* mask;
-    const int* Tn;
     T *regs_out, *mem_out, *h_out, *c_out, *f_out, *ll_out, *W, *U, *V, *AB, *saved, *ctl_save;
     T* X[3];
 };
@@ -142,7 +142,7 @@ template <typename T>
 static void fused_forward(const Net& net, const Circuit& c, const FwdArgs<T>& a, int N, int renorm, T eps,
                           int threads) {
     const int R = c.R, Q = c.Q, K = c.K, M = c.M, H = net.H, O = net.O;
-    over_blocks<T>(net, c, N, a.Tn, threads, [&](Scratch<T>& s, const int* idx, int ne, int seed) {
+    over_blocks<T>(net, c, N, threads, [&](Scratch<T>& s, const int* idx, int ne, int seed) {
         const T* Wf[3];
         const T* bf[3];
         for (int l = 0; l < 3; l++) {
@@ -238,7 +238,6 @@ struct BwdArgs {
     const T *W, *U, *V, *AB, *saved, *mem_in, *mem_out, *f, *ctl_save;
     const int* y;
     const T* mask;
-    const int* Tn;
     const T* X[3];
     const T *d_regs_out, *d_mem_out, *d_h_out, *d_c_out, *d_f, *d_ll, *d_W, *d_U;
     T *d_regs_in, *d_mem_in, *d_h_in, *d_c_in;
@@ -249,7 +248,7 @@ template <typename T>
 static void fused_backward(const Net& net, const Circuit& c, const BwdArgs<T>& a, int N, T clipc, T eps,
                            int threads) {
     const int R = c.R, Q = c.Q, K = c.K, M = c.M, H = net.H, O = net.O;
-    over_blocks<T>(net, c, N, a.Tn, threads, [&](Scratch<T>& s, const int* idx, int ne, int seed) {
+    over_blocks<T>(net, c, N, threads, [&](Scratch<T>& s, const int* idx, int ne, int seed) {
         for (int e = 0; e < ne; e++) {       // the circuit, back to the logits
             const size_t n = idx[e];
             const size_t m = e + 1 < ne ? idx[e + 1] : n + 1;

@@ -96,7 +96,7 @@ static void step_forward(const int* v, void** p, double eps) {
     int k = 3;                               // after the gate sequence
     for (int l = 0; l < 3; l++) { a.Wf[l] = (const T*)p[k++]; a.bf[l] = (const T*)p[k++]; }
     a.regs_in = (const T*)p[k++]; a.mem_in = (const T*)p[k++]; a.h_in = (const T*)p[k++]; a.c_in = (const T*)p[k++];
-    a.y = (const int*)p[k++]; a.mask = (const T*)p[k++]; a.Tn = (const int*)p[k++]; net.pos = (const int*)p[k++];
+    a.y = (const int*)p[k++]; a.mask = (const T*)p[k++]; net.pos = (const int*)p[k++];
     a.regs_out = (T*)p[k++]; a.mem_out = (T*)p[k++]; a.h_out = (T*)p[k++]; a.c_out = (T*)p[k++];
     a.f_out = (T*)p[k++]; a.ll_out = (T*)p[k++]; a.W = (T*)p[k++]; a.U = (T*)p[k++]; a.V = (T*)p[k++];
     a.AB = (T*)p[k++]; a.saved = (T*)p[k++]; a.ctl_save = (T*)p[k++];
@@ -113,7 +113,7 @@ static void step_backward(const int* v, void** p, double clipc, double eps) {
     for (int l = 0; l < 3; l++) a.Wt[l] = (const T*)p[k++];
     a.W = (const T*)p[k++]; a.U = (const T*)p[k++]; a.V = (const T*)p[k++]; a.AB = (const T*)p[k++];
     a.saved = (const T*)p[k++]; a.mem_in = (const T*)p[k++]; a.mem_out = (const T*)p[k++]; a.f = (const T*)p[k++]; a.ctl_save = (const T*)p[k++];
-    a.y = (const int*)p[k++]; a.mask = (const T*)p[k++]; a.Tn = (const int*)p[k++]; net.pos = (const int*)p[k++];
+    a.y = (const int*)p[k++]; a.mask = (const T*)p[k++]; net.pos = (const int*)p[k++];
     for (int l = 0; l < 3; l++) a.X[l] = (const T*)p[k++];
     a.d_regs_out = (const T*)p[k++]; a.d_mem_out = (const T*)p[k++]; a.d_h_out = (const T*)p[k++];
     a.d_c_out = (const T*)p[k++]; a.d_f = (const T*)p[k++]; a.d_ll = (const T*)p[k++];
