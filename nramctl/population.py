@@ -67,7 +67,10 @@ def wilson(k, n, z=1.959964):
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the bound at an end is 0 or 1 exactly; computed, it can come out as 0.9999999999999999
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return float(low), float(high)
 
 
 class Population:

@@ -30,6 +30,12 @@ def test_wilson_interval_of_no_seeds_is_uninformative():
     assert wilson(0, 0) == (0.0, 1.0)
 
 
+@pytest.mark.parametrize("n", [1, 3, 8, 16, 273])
+def test_wilson_interval_ends_exactly_at_zero_and_one(n):
+    """All seeds solved gives an upper bound of exactly 1 (reports printed 0.9999999999999999)."""
+    assert wilson(n, n)[1] == 1.0 and wilson(0, n)[0] == 0.0
+
+
 def test_reproduce_reports_solved_and_unsolved_seeds(cli):
     """Access with a 100-step cap: seeds 0, 1 and 2 reach 0 error (at steps 80, 100 and 100), the other
     three do not. share = solved / tried, and solved seeds leave the batch (no records after solving)."""
