@@ -91,21 +91,30 @@ class TrainProgress:
         self.name, self.total, self.every = run_name, total, every
         self.console = errors if stderr else console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console)
-        self.task = self.progress.add_task(run_name, total=total, completed=start, info="")
         self.lines = not self.console.is_terminal
+        self.progress = Progress(         # off a terminal the plain lines replace the bar, even at the end
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console, disable=self.lines)
+        self.task = self.progress.add_task(run_name, total=total, completed=start, info="")
         self.clock = time.monotonic
         self.t0 = self.last = self.clock()
         self.solved = 0
+        self.pending = None               # the latest line not yet printed (off a terminal)
 
     def __enter__(self):
         self.progress.__enter__()
         return self
 
     def __exit__(self, *exc):
+        if self.pending:                  # the last step's line, so that a log ends where the run did
+            self._line(*self.pending)
         return self.progress.__exit__(*exc)
+
+    def _line(self, step, info, now):
+        self.last, self.pending = now, None
+        of = f"/{self.total:,}" if self.total else ""
+        self.console.print(f"{escape(self.name)}: step {step:,}{of}  {info}  {_clock(now - self.t0)}",
+                           soft_wrap=True)
 
     def update(self, records):
         records = [r for r in records if "event" not in r]          # population events: metrics only
@@ -122,11 +131,12 @@ class TrainProgress:
         step = records[0]["step"]
         self.progress.update(self.task, completed=step, info=info)
         now = self.clock()
-        if self.lines and (now - self.last >= self.every or solved > self.solved):
-            self.last, self.solved = now, max(solved, self.solved)
-            of = f"/{self.total:,}" if self.total else ""
-            self.console.print(f"{escape(self.name)}: step {step:,}{of}  {info}  {_clock(now - self.t0)}",
-                               soft_wrap=True)
+        if not self.lines:
+            return
+        self.pending = (step, info, now)
+        if now - self.last >= self.every or solved > self.solved:
+            self.solved = max(solved, self.solved)
+            self._line(step, info, now)
 
 
 def _clock(seconds):

@@ -196,12 +196,15 @@ def test_progress_off_a_terminal_is_plain_lines_on_a_clock_and_on_each_solve(mon
                                 for s in range(4)]
     with bar:
         for t, step, solved in [(10, 10, 0), (59, 20, 0), (61, 30, 0), (70, 40, 1), (80, 50, 1),
-                                (3725, 60, 1)]:
+                                (3725, 60, 1), (3730, 70, 1)]:
             now[0] = t
             bar.update(rec(step, solved))
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("run-9:")]
-    assert [l.split()[2] for l in lines] == ["30/1,000", "40/1,000", "60/1,000"]
+    out = capsys.readouterr().out
+    lines = [l for l in out.splitlines() if l.startswith("run-9:")]
+    # the last step's line comes at the end, off the clock; the bar itself is never drawn
+    assert [l.split()[2] for l in lines] == ["30/1,000", "40/1,000", "60/1,000", "70/1,000"]
     assert "solved 1/4" in lines[1] and lines[0].endswith("0:01:01") and lines[2].endswith("1:02:05")
+    assert "━" not in out and len(out.splitlines()) == 4
 
 
 def test_progress_of_a_json_command_goes_to_stderr(monkeypatch, capsys):
