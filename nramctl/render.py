@@ -55,16 +55,17 @@ def run_show(r):
         console.print("training: " + escape(", ".join(f"{k} {v}" for k, v in r["training"].items()
                                                       if v is not None and k != "note")))
     cfg = r["config"]
+    repeat = f" x {cfg['model']['repeat']}" if cfg["model"].get("repeat", 1) > 1 else ""
     console.print(f"config: {cfg['task']}, M={cfg['M']}, T={cfg['T']}, difficulty {cfg['difficulty']}, "
                   f"{cfg['model']['controller']} H={cfg['model']['hidden']} R={cfg['model']['R']}, "
-                  f"{len(cfg['model']['gates'])} gates, lr {cfg['train']['lr']}, batch {cfg['train']['batch']}, "
+                  f"{len(cfg['model']['gates'])} gates{repeat}, lr {cfg['train']['lr']}, batch {cfg['train']['batch']}, "
                   f"steps {cfg['train']['steps']}")
     s = Table(title="seeds", title_justify="left")
-    for c in ("seed", "best error", "at step", "reached 0 at", "NaN/Inf steps"):
+    for c in ("seed", "best error", "at step", "reached 0 at", "level", "NaN/Inf steps"):
         s.add_column(c, justify="right")
-    for x in r["seeds"]:
+    for x in r["seeds"]:                    # level: the seed's curriculum level (runs before it: -)
         s.add_row(str(x["seed"]), pct(x.get("best_error")), str(x.get("best_step")), str(x.get("solved_step") or "-"),
-                  str(x.get("nonfinite_steps", 0)))
+                  str(x.get("level") or "-"), str(x.get("nonfinite_steps", 0)))
     console.print(s)
     f = Table(title="files", title_justify="left")
     f.add_column("path")

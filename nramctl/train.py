@@ -322,12 +322,13 @@ class Trainer:
         rows = [{"seed": self.seeds[s], "best_error": self.best_error[s], "best_step": self.best_step[s],
                  "solved_step": self.solved_step[s], "solved_seconds": self.solved_seconds[s],
                  "nonfinite_steps": self.nonfinite[s], "lineage": self.lineage[s],
-                 "exact_extra_steps": self.exact_extra[s], "active": True}
+                 "exact_extra_steps": self.exact_extra[s], "level": self.curricula[s].level, "active": True}
                 for s in range(self.S)]
         rows += [{"seed": r["seeds"][0], "best_error": r["best_error"][0], "best_step": r["best_step"][0],
                   "solved_step": r["solved_step"][0], "solved_seconds": r["solved_seconds"][0],
                   "nonfinite_steps": r["nonfinite"][0], "lineage": r["lineage"][0],
-                  "exact_extra_steps": r.get("exact_extra", [None])[0], "active": False}
+                  "exact_extra_steps": r.get("exact_extra", [None])[0],
+                  "level": r["curricula"][0]["level"] if r.get("curricula") else None, "active": False}
                  for r in self.retired]
         return sorted(rows, key=lambda r: r["seed"])
 

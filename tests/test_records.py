@@ -136,6 +136,8 @@ def test_runs_show_csv_filters_and_rm(cli):
     assert env["torch"] == torch.__version__ and env["command"] and env["ended"]   # (a real command line:
     assert env["threads"] == torch.get_num_threads()                                # test_cli's interrupt test)
     assert show["config"]["task"] == "copy" and show["seeds"][0]["seed"] == 0
+    metrics = [json.loads(l) for l in (cli.root / "run-1" / "metrics.jsonl").read_text().splitlines()]
+    assert show["seeds"][0]["level"] == [m for m in metrics if "level" in m][-1]["level"]   # the curriculum's
     assert {"config.yaml", "metrics.jsonl", "checkpoints/last.pt", "environment.json"} <= {f["path"] for f in show["files"]}
     rows = list(csv.DictReader(io.StringIO(cli("runs", "--csv").output)))
     assert [r["name"] for r in rows] == ["run-1", "run-2", "other"] and rows[0]["task"] == "copy"
