@@ -86,10 +86,10 @@ class Unroll:
             # zeros, so that they add nothing)
             counts = runs.sum(1)
             self.rows = max(int(counts.max()), 1)
-            pad = torch.arange(self.rows)[None, :] >= counts[:, None]          # [S, rows]
+            pad = (torch.arange(self.rows)[None, :] >= counts[:, None]).nonzero(as_tuple=True)
             self.X = [torch.empty(S, self.rows, w, dtype=dtype) for w in ins]
             self.D = [torch.empty(S, self.rows, w, dtype=dtype) for w in outs]
-            if pad.any():
+            if len(pad[0]):                    # only the pad rows (a boolean mask would pass over all)
                 for buf in self.X + self.D:
                     buf[pad] = 0
         else:
