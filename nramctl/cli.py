@@ -228,7 +228,8 @@ def train(
 
     t0 = time.perf_counter()
     with stopping_signals() as stop:
-        with render.TrainProgress(run.name, trainer.cfg.train.steps, trainer.step, stderr=json) as bar:
+        with render.TrainProgress(run.name, trainer.cfg.train.steps, trainer.step, stderr=json,
+                                  seeds=trainer.all_seeds()) as bar:
             result = train_run(run, trainer, on_log=bar.update, should_stop=stop)
     summary = {"run": run.name, "path": str(run.path), "task": trainer.cfg.task, "result": result,
                "steps": trainer.step, "seconds": time.perf_counter() - t0,
@@ -414,7 +415,8 @@ def reproduce(
         run, trainer, plan = job()
         with stopping_signals() as stop:
             try:
-                with render.TrainProgress(trainer.cfg.task, None, trainer.step, stderr=json) as bar:
+                with render.TrainProgress(trainer.cfg.task, None, trainer.step, stderr=json,
+                                          seeds=trainer.all_seeds()) as bar:
                     r = run_task(run, trainer, plan, on_log=bar.update, should_stop=stop)
             except Interrupted:
                 render.error(f"{run.name} interrupted at step {trainer.step}; continue with: "

@@ -87,7 +87,7 @@ class TrainProgress:
     of a long run can be followed while it runs. With `stderr` (the commands' --json, whose standard
     output is the JSON alone) the bar or the lines go to standard error."""
 
-    def __init__(self, run_name, total, start=0, every=60.0, stderr=False):
+    def __init__(self, run_name, total, start=0, every=60.0, stderr=False, seeds=()):
         import time
         self.name, self.total, self.every = run_name, total, every
         self.console = errors if stderr else console
@@ -99,7 +99,11 @@ class TrainProgress:
         self.task = self.progress.add_task(run_name, total=total, completed=start, info="")
         self.clock = time.monotonic
         self.t0 = self.last = self.clock()
-        self.solved = 0
+        # every seed met and those solved, over the whole run: a seed that solved and left the batch
+        # (until: all) is in no later record; `seeds` (trainer.all_seeds()) counts those of a resumed run
+        self.seen = {r["seed"] for r in seeds}
+        self.solved_seeds = {r["seed"] for r in seeds if r.get("solved_step") is not None}
+        self.solved = len(self.solved_seeds)
         self.pending = None               # the latest line not yet printed (off a terminal)
 
     def __enter__(self):
@@ -122,12 +126,14 @@ class TrainProgress:
         if not records:
             return
         best = min(records, key=lambda r: r.get("eval_error", r["error"]))
-        solved = sum("solved_step" in r for r in records)
+        self.seen.update(r["seed"] for r in records)
+        self.solved_seeds.update(r["seed"] for r in records if "solved_step" in r)
+        solved = len(self.solved_seeds)
         info = f"loss {best['loss']:.3f}  err {pct(best['error'])}  level {best['level']}"
         if "eval_error" in best:
             info += f"  eval {pct(best['eval_error'])}"
-        if len(records) > 1:
-            info += f"  solved {solved}/{len(records)}"
+        if len(self.seen) > 1:
+            info += f"  solved {solved}/{len(self.seen)}"
         info += f"  {best['examples_per_s']:.0f} ex/s"
         step = records[0]["step"]
         self.progress.update(self.task, completed=step, info=info)

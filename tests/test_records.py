@@ -200,12 +200,13 @@ def test_progress_off_a_terminal_is_plain_lines_on_a_clock_and_on_each_solve(mon
         for t, step, solved in [(10, 10, 0), (59, 20, 0), (61, 30, 0), (70, 40, 1), (80, 50, 1),
                                 (3725, 60, 1), (3730, 70, 1)]:
             now[0] = t
-            bar.update(rec(step, solved))
+            bar.update(rec(step, solved)[1:] if step >= 60 else rec(step, solved))   # seed 0 solved, left
     out = capsys.readouterr().out
     lines = [l for l in out.splitlines() if l.startswith("run-9:")]
     # the last step's line comes at the end, off the clock; the bar itself is never drawn
     assert [l.split()[2] for l in lines] == ["30/1,000", "40/1,000", "60/1,000", "70/1,000"]
     assert "solved 1/4" in lines[1] and lines[0].endswith("0:01:01") and lines[2].endswith("1:02:05")
+    assert "solved 1/4" in lines[3]           # a seed that solved and left the batch still counts
     assert "━" not in out and len(out.splitlines()) == 4
 
 
@@ -219,3 +220,15 @@ def test_progress_of_a_json_command_goes_to_stderr(monkeypatch, capsys):
                      "solved_step": 10}])
     out, err = capsys.readouterr()
     assert out == "" and "run-9: step 10/100" in err and "solved" not in out
+
+
+def test_progress_of_a_resumed_run_counts_the_seeds_solved_before(monkeypatch, capsys):
+    """A resumed run's retired seeds appear in no record; the trainer's list of seeds brings them in."""
+    from nramctl import render
+    monkeypatch.setattr(render.console, "_force_terminal", False)
+    bar = render.TrainProgress("run-9", 100, seeds=[{"seed": 0, "solved_step": 300}, {"seed": 1, "solved_step": None},
+                                                    {"seed": 2, "solved_step": None}])
+    with bar:
+        bar.update([{"step": 310, "seed": s, "loss": 1.0, "error": 0.5, "level": 1, "examples_per_s": 9.0}
+                    for s in (1, 2)])
+    assert "solved 1/3" in capsys.readouterr().out
