@@ -103,7 +103,7 @@ class TrainProgress:
         # (until: all) is in no later record; `seeds` (trainer.all_seeds()) counts those of a resumed run
         self.seen = {r["seed"] for r in seeds}
         self.solved_seeds = {r["seed"] for r in seeds if r.get("solved_step") is not None}
-        self.solved = len(self.solved_seeds)
+        self.printed_solved = len(self.solved_seeds)   # the count the last line printed showed
         self.pending = None               # the latest line not yet printed (off a terminal)
 
     def __enter__(self):
@@ -141,8 +141,8 @@ class TrainProgress:
         if not self.lines:
             return
         self.pending = (step, info, now)
-        if now - self.last >= self.every or solved > self.solved:
-            self.solved = max(solved, self.solved)
+        if now - self.last >= self.every or solved > self.printed_solved:
+            self.printed_solved = solved
             self._line(step, info, now)
 
 
