@@ -30,6 +30,11 @@ class ModelConfig:
         "READ", "ZERO", "ONE", "TWO", "INC", "ADD", "SUB", "DEC",
         "LT", "LE", "EQ", "MIN", "MAX", "WRITE"])
     repeat: int = 1                              # repetitions of the whole gate sequence
+    # The stop logit's initial bias (null: as every other bias, U(-1/sqrt(H), 1/sqrt(H)), so f_t is
+    # about 0.5 and the halting mass of step t about 2^-(t+1)). A negative value (-5: f about 0.007)
+    # puts the mass on each example's last step from the start, so the loss scores the memory the
+    # task's rule ends with rather than the first few steps' (docs/RESULTS.md, "The stop bias").
+    stop_bias: Optional[float] = None
 
 
 @dataclass

@@ -39,14 +39,14 @@ class Choices(NamedTuple):
 class NRAM(nn.Module):
     """Controller plus circuit description. `seed_values` gives one model per seed (S = len)."""
 
-    def __init__(self, R, gates, repeat=1, controller="mlp", hidden=64, seed_values=(0,)):
+    def __init__(self, R, gates, repeat=1, controller="mlp", hidden=64, seed_values=(0,), stop_bias=None):
         super().__init__()
         self.R, self.gates = R, tuple(gate_sequence(gates, repeat))
         self.gate_names, self.repeat = list(gates), repeat
         self.Q, self.K, self.S = len(self.gates), R + len(self.gates), len(seed_values)
         self.kind, self.hidden = controller, hidden
         n_out = 2 * self.Q * self.K + R * self.K + 1
-        self.controller = build_controller(controller, self.S, R, hidden, n_out, seed_values)
+        self.controller = build_controller(controller, self.S, R, hidden, n_out, seed_values, stop_bias)
         # gate i may read the R registers and the outputs of gates 0..i-1
         allowed = torch.arange(self.K)[None, :] < (R + torch.arange(self.Q))[:, None]
         mask = torch.zeros(self.Q, 2, self.K).masked_fill(~allowed[:, None, :], float("-inf"))
