@@ -123,6 +123,21 @@ def test_loss_is_halting_weighted_log_likelihood_of_scored_cells():
     assert torch.allclose(out.loss, expect, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["mlp", "lstm"])
+def test_stop_bias_moves_the_initial_halting_mass_to_the_last_step(kind):
+    b = make_batch("copy", 9, [4, 4, 4, 4], np.random.default_rng(0), "2*n+1")     # T = 9 each
+    plain = NRAM(3, GATES, controller=kind, hidden=8, seed_values=[0, 1])
+    biased = NRAM(3, GATES, controller=kind, hidden=8, seed_values=[0, 1], stop_bias=-6.0)
+    same = [(n, p) for (n, p), q in zip(plain.named_parameters(), biased.parameters()) if not torch.equal(p, q)]
+    assert [n for n, _ in same] == ["controller.head.bias"]          # only the stop logit's bias moved
+    assert (same[0][1][:, :, :-1] == biased.controller.head.bias[:, :, :-1]).all()
+    for model, last in ((plain, (0, 0.05)), (biased, (0.9, 1))):
+        with torch.no_grad():
+            out = fuzzy_run(model, b, renorm=False, trace=True)
+        p = halting(torch.stack([s[1].stop for s in out.trace]), b.T)   # [T, N]
+        assert last[0] <= p[-1].min() and p[-1].max() <= last[1]   # plain: f about 1/2, so about 2^-8
+
+
 @pytest.mark.parametrize("M", [9, 16, 64])
 @pytest.mark.parametrize("name", sorted(CIRCUITS))
 def test_hand_wired_circuits_solve_the_task(name, M, backend):
