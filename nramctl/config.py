@@ -45,6 +45,7 @@ class CurriculumConfig:
     min_batches: int = 50                        # batches between two advances
     p_any: float = 0.10                          # share drawn uniformly from all difficulties
     p_upto: float = 0.25                         # share drawn uniformly from [min, D + e]
+    start: Optional[int] = None                  # the first level (null: the task's smallest difficulty)
 
 
 @dataclass

@@ -42,11 +42,12 @@ class Curriculum:
     """Zaremba & Sutskever's mixture: at level D draw e ~ Geometric(1/2) on {0, 1, ...}; then with
     probability p_any pick d uniformly from all difficulties, with p_upto uniformly from [lo, D + e],
     otherwise d = D + e; clipped to the task's range. The level advances when the error over the last
-    `window` batches is below `threshold`, at least `min_batches` batches after the last advance."""
+    `window` batches is below `threshold`, at least `min_batches` batches after the last advance. The
+    first level is `start` (clipped to the range), else the smallest difficulty."""
 
     def __init__(self, cfg, lo, hi):
         self.cfg, self.lo, self.hi = cfg, lo, hi
-        self.level = lo if cfg.enabled else hi
+        self.level = (min(max(cfg.start or lo, lo), hi) if cfg.enabled else hi)
         self.errors = deque(maxlen=cfg.window)
         self.since = 0
 

@@ -118,6 +118,15 @@ def test_curriculum_advances_only_after_a_good_window():
     assert c.level == 3
 
 
+@pytest.mark.parametrize("start, level", [(None, 2), (4, 4), (1, 2), (99, 7)])
+def test_curriculum_starts_at_its_start_level_clipped_to_the_range(start, level):
+    c = Curriculum(CurriculumConfig(start=start), 2, 7)
+    assert c.level == level
+    assert Curriculum(CurriculumConfig(enabled=False, start=start), 2, 7).level == 7
+    d = c.sample(np.random.default_rng(0), 10_000)       # 65% at level + e: most draws at or above it
+    assert np.mean(d >= level) > 0.6 and d.min() >= 2 and d.max() <= 7
+
+
 def test_learning_access_from_scratch_to_zero_error():
     """A small task learned from scratch with a fixed seed: 0 error on 1000 fresh examples.
     Seen needing about 250 steps; the budget is 3000."""
