@@ -33,7 +33,7 @@ class ModelConfig:
     # The stop logit's initial bias (null: as every other bias, U(-1/sqrt(H), 1/sqrt(H)), so f_t is
     # about 0.5 and the halting mass of step t about 2^-(t+1)). A negative value (-5: f about 0.007)
     # puts the mass on each example's last step from the start, so the loss scores the memory the
-    # task's rule ends with rather than the first few steps' (docs/RESULTS.md, "The stop bias").
+    # task's rule ends with rather than the first few steps' (measured: docs/RESULTS.md, "Seed shares").
     stop_bias: Optional[float] = None
 
 
@@ -242,7 +242,7 @@ RANGES = [
     ("train.clip_activation", 0, 1e6), ("train.clip_norm", 0, 1e6), ("train.log_eps", 0, 0.5),
     ("train.curriculum.threshold", 0, 1), ("train.curriculum.window", 1, 100_000),
     ("train.curriculum.min_batches", 0, 10**9), ("train.curriculum.p_any", 0, 1),
-    ("train.curriculum.p_upto", 0, 1),
+    ("train.curriculum.p_upto", 0, 1), ("train.curriculum.start", 1, 1_000_000), ("model.stop_bias", -100.0, 100.0),
     ("train.noise.eta", 0, 100.0), ("train.noise.gamma", 0, 10.0),
     ("train.entropy.coef", -100.0, 100.0), ("train.entropy.decay", 0, 1), ("train.entropy.start", 0, 10**9),
     ("train.lr_decay", 0, 1), ("train.dropout", 0, 0.9),
