@@ -35,6 +35,11 @@ class ModelConfig:
     # puts the mass on each example's last step from the start, so the loss scores the memory the
     # task's rule ends with rather than the first few steps' (measured: docs/RESULTS.md, "Seed shares").
     stop_bias: Optional[float] = None
+    # The initial bias of each register's choice of its own old value in the register update (null:
+    # as every other bias, so a register is a near-uniform mix of all R + Q sources after one step).
+    # A positive value (4: about 3/4 of the weight with 14 gates) makes registers hold their values by
+    # default, as an LSTM's forget-gate bias does, so a counter or pointer survives across steps.
+    keep_bias: Optional[float] = None
 
 
 @dataclass
@@ -243,6 +248,7 @@ RANGES = [
     ("train.curriculum.threshold", 0, 1), ("train.curriculum.window", 1, 100_000),
     ("train.curriculum.min_batches", 0, 10**9), ("train.curriculum.p_any", 0, 1),
     ("train.curriculum.p_upto", 0, 1), ("train.curriculum.start", 1, 1_000_000), ("model.stop_bias", -100.0, 100.0),
+    ("model.keep_bias", -100.0, 100.0),
     ("train.noise.eta", 0, 100.0), ("train.noise.gamma", 0, 10.0),
     ("train.entropy.coef", -100.0, 100.0), ("train.entropy.decay", 0, 1), ("train.entropy.start", 0, 10**9),
     ("train.lr_decay", 0, 1), ("train.dropout", 0, 0.9),

@@ -39,7 +39,8 @@ class Choices(NamedTuple):
 class NRAM(nn.Module):
     """Controller plus circuit description. `seed_values` gives one model per seed (S = len)."""
 
-    def __init__(self, R, gates, repeat=1, controller="mlp", hidden=64, seed_values=(0,), stop_bias=None):
+    def __init__(self, R, gates, repeat=1, controller="mlp", hidden=64, seed_values=(0,), stop_bias=None,
+                 keep_bias=None):
         super().__init__()
         self.R, self.gates = R, tuple(gate_sequence(gates, repeat))
         self.gate_names, self.repeat = list(gates), repeat
@@ -47,6 +48,9 @@ class NRAM(nn.Module):
         self.kind, self.hidden = controller, hidden
         n_out = 2 * self.Q * self.K + R * self.K + 1
         self.controller = build_controller(controller, self.S, R, hidden, n_out, seed_values, stop_bias)
+        if keep_bias is not None:       # register r's logit for keeping its old value (source r)
+            with torch.no_grad():
+                self.controller.head.bias[:, 0, 2 * self.Q * self.K + torch.arange(R) * (self.K + 1)] = keep_bias
         # gate i may read the R registers and the outputs of gates 0..i-1
         allowed = torch.arange(self.K)[None, :] < (R + torch.arange(self.Q))[:, None]
         mask = torch.zeros(self.Q, 2, self.K).masked_fill(~allowed[:, None, :], float("-inf"))

@@ -149,6 +149,7 @@ def test_memory_flag_alone_caps_the_difficulty(cli):
     (["train", "copy", "--set", "model.controller=gru"], "model.controller"),
     (["train", "copy", "--set", "train.curriculum.start=0"], "train.curriculum.start: 0 must be between 1 and"),
     (["train", "copy", "--set", "model.stop_bias=-500.0"], "model.stop_bias: -500.0 must be between -100 and 100"),
+    (["train", "copy", "--set", "model.keep_bias=500.0"], "model.keep_bias: 500.0 must be between -100 and 100"),
     (["train", "copy", "--M", "5", "--difficulty", "5"], "M=5 is too small for difficulty 5"),
     (["train", "copy", "--M", "2"], "M=2 is too small"),
     (["train", "copy", "--set", "T=n**2"], "bad timestep rule"),

@@ -124,6 +124,25 @@ def test_loss_is_halting_weighted_log_likelihood_of_scored_cells():
 
 
 @pytest.mark.parametrize("kind", ["mlp", "lstm"])
+def test_keep_bias_makes_each_register_keep_its_value_at_first(kind):
+    R, Q = 3, len(GATES)
+    plain = NRAM(R, GATES, controller=kind, hidden=8, seed_values=[0, 1])
+    biased = NRAM(R, GATES, controller=kind, hidden=8, seed_values=[0, 1], keep_bias=4.0)
+    moved = (plain.controller.head.bias != biased.controller.head.bias).nonzero()[:, 2].unique()
+    # register r's update is logits [2QK + rK, 2QK + (r+1)K); its own old value is source r
+    K = R + Q
+    assert moved.tolist() == [2 * Q * K + r * K + r for r in range(R)]
+    for p, q in zip(plain.parameters(), biased.parameters()):
+        assert p.shape == q.shape and (p is plain.controller.head.bias or torch.equal(p, q))
+    state = biased.controller.initial_state(2, 3, torch.zeros(6, 9, 9))
+    with torch.no_grad():
+        ch, _ = biased.choose(torch.rand(6, R), state)
+    w = ch.regs.softmax(-1)                                             # [N, R, K]
+    own = w[:, torch.arange(R), torch.arange(R)]
+    assert own.min() > 0.5 and (w.argmax(-1) == torch.arange(R)).all()
+
+
+@pytest.mark.parametrize("kind", ["mlp", "lstm"])
 def test_stop_bias_moves_the_initial_halting_mass_to_the_last_step(kind):
     b = make_batch("copy", 9, [4, 4, 4, 4], np.random.default_rng(0), "2*n+1")     # T = 9 each
     plain = NRAM(3, GATES, controller=kind, hidden=8, seed_values=[0, 1])
