@@ -9,6 +9,7 @@ memory a training would need, before anything is allocated.
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import List, Optional, get_args, get_origin, get_type_hints
@@ -129,6 +130,9 @@ class TaskConfig:
         return timestep_rule(self.T)(n)
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def _coerce(key, value, kind):
     """Check one value against a field type, converting ints to floats where a float is wanted."""
     if get_origin(kind) is list:
@@ -147,6 +151,8 @@ def _coerce(key, value, kind):
         if value is None:
             return None
         kind = next(a for a in get_args(kind) if a is not type(None))
+    if kind is float and isinstance(value, str) and _EXPONENT_FLOAT.match(value.strip()):
+        value = float(value)          # 1e-4: YAML 1.1 needs a dot ("1.0e-4"), YAML 1.2 and people do not
     ok = {bool: isinstance(value, bool),
           int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, (int, float)) and not isinstance(value, bool),

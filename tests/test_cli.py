@@ -177,6 +177,19 @@ def test_bad_yaml_config(cli, tmp_path):
     one_line_error(cli("train", "copy", "--config", bad), "M: expected int, got 'twelve'")
 
 
+def test_numbers_with_an_exponent_and_no_dot_are_floats(tmp_path):
+    # YAML 1.1 (PyYAML) reads 1e-4 as a string; a float field takes it as the number it writes
+    from nramctl.config import ConfigError, task_config
+    cfg = task_config("copy", overrides=["train.lr=1e-4", "train.noise.eta=2.5E+1", "model.stop_bias=-.5e1"])
+    assert (cfg.train.lr, cfg.train.noise.eta, cfg.model.stop_bias) == (1e-4, 25.0, -5.0)
+    own = tmp_path / "own.yaml"
+    own.write_text("tasks:\n  copy:\n    M: 12\n    T: '2*n+1'\n    difficulty: 5\n    train: {lr: 3e-3}\n")
+    assert task_config("copy", own).train.lr == 3e-3
+    for bad in ("train.lr=1e", "train.lr=e-4", "train.lr=1e-4x", "train.steps=1e3"):
+        with pytest.raises(ConfigError, match="expected"):
+            task_config("copy", overrides=[bad])
+
+
 def test_corrupt_foreign_and_old_checkpoints(cli):
     trained(cli)
     best = cli.root / "run-1" / "checkpoints" / "best.pt"
