@@ -7,6 +7,7 @@ the expected value of every scored cell (0 elsewhere) and `mask` (bool) marks th
 Pointers are absolute cell addresses; NULL is 0 and ends arrays and lists.
 """
 import ast
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Callable
 
@@ -270,7 +271,13 @@ T_MAX = 10_000_000     # timesteps: beyond this a rule is a typo (the discrete e
 
 def timestep_rule(expr):
     """Compile a rule such as '2*n+1' into n -> T (an int from 1 to T_MAX); only n, integers and
-    + - * //. A rule that divides by zero or exceeds T_MAX at some n raises TaskError there."""
+    + - * //. A rule that divides by zero or exceeds T_MAX at some n raises TaskError there.
+    Compiled once per text: training draws a batch per seed and step with it."""
+    return _compiled_rule(str(expr))
+
+
+@lru_cache(maxsize=256)
+def _compiled_rule(expr):
     try:
         tree = ast.parse(str(expr), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
