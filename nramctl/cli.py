@@ -773,6 +773,40 @@ def bench(
         render.bench_table(out)
 
 
+@command()
+def basin(
+    task_name: Annotated[str, typer.Argument(metavar="TASK", help="A task with a hand-wired circuit: access, "
+                                             "increment, copy, permutation or listsearch.",
+                                             autocompletion=complete_tasks)],
+    mode: Annotated[str, typer.Option(help="scale: the solved model's head x AMOUNT (softer choices); mix: "
+                                           "(1 - AMOUNT) solved + AMOUNT fresh initialization.")] = "scale",
+    amounts: Annotated[str, typer.Option(help="Comma-separated amounts, one row each.")] = "0.3,0.2,0.15,0.1",
+    steps: Annotated[int, typer.Option(help="Training steps from each perturbed start.")] = 600,
+    seeds: Annotated[int, typer.Option(help="Seeds per amount (each its own fresh initialization and data).")] = 8,
+    n: Annotated[int, typer.Option("--n", help="Test examples per training difficulty.")] = 50,
+    config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
+    set_: Annotated[List[str], typer.Option("--set", help="Override a training field: key=value.")] = [],
+    json: Json = False,
+):
+    """Start seeds from a task's hand-wired circuit learned by an MLP, perturbed, train them, and count
+    those that come back to 0 error: the width of a real solution's basin under these settings."""
+    from .basin import MODES, basin_config, measure
+    if mode not in MODES:
+        raise ConfigError(f"--mode {mode!r}: scale or mix")
+    try:
+        values = [float(a) for a in amounts.split(",")]
+    except ValueError:
+        raise ConfigError(f"--amounts: expected numbers, got {amounts!r}") from None
+    if not all(0 <= a <= 100 for a in values):
+        raise ConfigError("--amounts: each between 0 and 100")
+    if not (1 <= seeds <= 4096 and 0 <= steps <= 10**7 and 1 <= n <= 10**5):
+        raise ConfigError("--seeds 1 to 4,096, --steps 0 to 10,000,000, --n 1 to 100,000")
+    cfg = basin_config(task_name, config, set_, seeds)
+    with render.BasinProgress(len(values) * steps, stderr=json) as bar:
+        out = measure(cfg, mode, values, steps, n, progress=bar.advance)
+    render.emit_json(out) if json else render.basin_table(out)
+
+
 @tasks_app.callback()
 @exits
 def tasks(ctx: typer.Context, config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,

@@ -415,3 +415,37 @@ def sweep_table(out):
                   f"{r['finished_runs']}/{len(r['runs'])}", f"{r['seeds_solved']}/{r['seeds_tried']}", sh,
                   "-" if r["median_solved_step"] is None else f"{r['median_solved_step']:.0f}", pct(r["best_error"]))
     console.print(t)
+
+
+class BasinProgress:
+    """One bar over every amount's training steps (on standard error with --json)."""
+
+    def __init__(self, total, stderr=False):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        self.progress = Progress(TextColumn("[bold]basin"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                                 console=errors if stderr else console)
+        self.task = self.progress.add_task("basin", total=total, info="")
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def advance(self, amount, step):
+        self.progress.update(self.task, advance=1, info=f"amount {amount:g}, step {step:,}")
+
+
+def basin_table(out):
+    how = {"scale": "head x amount", "mix": "(1 - amount) solved + amount fresh"}[out["mode"]]
+    t = Table(title=f"{out['task']}: the hand-wired circuit distilled into an MLP (fuzzy error "
+                    f"{pct(out['distilled_error'])}), started at {how}, {out['steps']:,} training steps")
+    for c in ("amount", "start error (median)", "back at 0", "errors after", "levels"):
+        t.add_column(c, justify="right")
+    for r in out["rows"]:
+        errs = sorted(r["final_errors"])
+        t.add_row(f"{r['amount']:g}", pct(r["start_error"]), f"{r['recovered']}/{out['seeds']}",
+                  f"{pct(errs[0])} - {pct(errs[-1])}", " ".join(map(str, r["levels"])))
+    console.print(t)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from circuits import CIRCUITS, GATES
+from nramctl.circuits import CIRCUITS, GATES
 from nramctl.data import make_batch
 from nramctl.discrete import discrete_run
 from nramctl.executor import Program, execute

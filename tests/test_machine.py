@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from circuits import CIRCUITS, GATES
+from nramctl.circuits import CIRCUITS, GATES
 from nramctl.config import task_config
 from nramctl.data import make_batch
 from nramctl.discrete import discrete_run

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from circuits import CIRCUITS, GATES
+from nramctl.circuits import CIRCUITS, GATES
 from nramctl import plots
 from nramctl.cli import app
 from nramctl.config import task_config
@@ -28,7 +28,7 @@ def png_size_and_ink(path):
 
 
 def test_execution_data_of_a_hand_wired_copy_circuit():
-    """Copy by hand (tests/circuits.py): step 1 loads p = n + 1 and points r0 at cell 1; step k >= 2
+    """Copy by hand (nramctl/circuits.py): step 1 loads p = n + 1 and points r0 at cell 1; step k >= 2
     reads cell k - 1 and writes it to cell p + k - 2, which is the only cell that changes."""
     R, rules = CIRCUITS["copy"]
     model = wired(R, GATES, rules)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from circuits import GATES
+from nramctl.circuits import GATES
 from nramctl.data import make_batch
 from nramctl.machine import NRAM, fuzzy_run
 from test_gates import MEANING

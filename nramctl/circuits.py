@@ -1,6 +1,6 @@
 """Hand-wired circuits on the paper's 14 gates (see nramctl.program): Access, Increment and Copy, and two hard
 tasks, Permutation and ListSearch, that show those tasks can be solved within their T(n) steps with R = 4."""
-from nramctl.gates import PAPER_GATES
+from .gates import PAPER_GATES
 
 NOOP = {"READ": ["r0"], "WRITE": ["r0", "READ"]}          # rewrites a cell with its own value
 

@@ -1,0 +1,113 @@
+"""The basin of a hand-wired circuit: does training find its way back to a known solution?
+
+A hand-wired circuit (`circuits.py`) is a table of choices over the registers' zero flags. `distill`
+fits a task's MLP controller to that table (cross-entropy on the 2^R patterns), which gives a
+learned model that solves the task exactly. `measure` starts K seeds from it, perturbed, trains them
+with nramctl's own training loop and settings (`--set` anything: batch, lr, noise, entropy, ...) and
+counts the seeds that are back at 0 error on fresh examples. Two perturbations:
+
+  scale a   the head's weights and bias times a: the same argmax program with softer choices (a
+            margin of m logits becomes a m), as a model that has found the program but not sharpened it;
+  mix a     (1 - a) theta* + a theta_s, with theta_s seed s's own fresh initialization: a is how far
+            the start lies on the way back to a random model (a = 1 is plain training).
+
+The amount at which seeds stop coming back is the basin's edge. A training method that moves it
+outward widens the basin around a real solution: a fast screen (seconds per seed) for methods that
+might let gradient descent find the hard tasks' circuits from scratch (docs/RESULTS.md).
+"""
+import numpy as np
+import torch
+
+from .circuits import CIRCUITS, GATES
+from .config import ConfigError, task_config
+from .evaluate import evaluate
+from .program import wired
+from .tasks import task
+from .train import Trainer
+
+MODES = ("scale", "mix")
+
+
+def basin_config(name, config=None, overrides=(), seeds=8):
+    """The task's config with the MLP, registers and gates of its hand-wired circuit."""
+    key = task(name).name
+    if key not in CIRCUITS:
+        raise ConfigError(f"no hand-wired circuit for {key}; basin knows {', '.join(sorted(CIRCUITS))}")
+    R, _ = CIRCUITS[key]
+    fixed = [f"model.R={R}", "model.controller=mlp", "model.repeat=1", f"model.gates=[{','.join(GATES)}]"]
+    return task_config(key, config, [*overrides, *fixed, f"train.seeds={seeds}"])
+
+
+def _targets(model, table):
+    """The table's chosen source of every gate input and register, and its stop decision."""
+    Q, K, R = model.Q, model.K, model.R
+    n_args = 2 * Q * K
+    return (table[:, :n_args].view(-1, Q, 2, K).argmax(-1), table[:, n_args:-1].view(-1, R, K).argmax(-1),
+            (table[:, -1] > 0).to(table.dtype))
+
+
+def distill(model, rules, steps=3000, lr=3e-3):
+    """Fit every seed's controller to the rule table by cross-entropy on the 2^R zero patterns (input
+    r = 1 where register r is zero, as `program.TableController` reads it). Returns the final loss."""
+    R, S, Q, K = model.R, model.S, model.Q, model.K
+    args, regs, stop = _targets(model, wired(R, GATES, rules).controller.table[0])
+    patterns = torch.tensor([[(p >> r) & 1 for r in range(R)] for p in range(1 << R)], dtype=torch.float32)
+    x = patterns[None].expand(S, -1, -1).contiguous()
+    opt = torch.optim.Adam(model.controller.parameters(), lr=lr)
+    n_args, ce = 2 * Q * K, torch.nn.functional.cross_entropy
+    for _ in range(steps):
+        logits, _ = model.controller(x, model.controller.initial_state(S, 1 << R, x))
+        logits = logits.reshape(S * (1 << R), -1)
+        a = logits[:, :n_args].reshape(-1, Q, 2, K) + model.arg_mask
+        loss = (ce(a.reshape(-1, K), args.repeat(S, 1, 1).reshape(-1))
+                + ce(logits[:, n_args:-1].reshape(-1, K), regs.repeat(S, 1).reshape(-1))
+                + torch.nn.functional.binary_cross_entropy_with_logits(logits[:, -1], stop.repeat(S)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss.item()
+
+
+def perturb(model, solved, fresh, mode, amount):
+    """Set the model's parameters to the solved ones perturbed (see the module's docstring)."""
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if mode == "scale":
+                p.copy_(solved[key] * amount if key.startswith("controller.head.") else solved[key])
+            else:
+                p.copy_((1 - amount) * solved[key] + amount * fresh[key])
+
+
+def _errors(model, cfg, per_difficulty, rng):
+    lo = task(cfg.task).min_difficulty
+    d = np.repeat(np.arange(lo, cfg.difficulty + 1), per_difficulty)
+    return evaluate(model, cfg, cfg.M, d, rng)["error"]
+
+
+def measure(cfg, mode, amounts, steps, per_difficulty=50, progress=None):
+    """One row per amount: the seeds' median error at the start, each seed's error after `steps`
+    training steps (fresh examples, `per_difficulty` at every training difficulty) and how many are
+    back at 0. The first row is the distilled model itself."""
+    if mode not in MODES:
+        raise ConfigError(f"--mode {mode!r}: scale or mix")
+    trainer = Trainer(cfg)
+    fresh = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    loss = distill(trainer.model, CIRCUITS[cfg.task][1])
+    solved = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    rng = np.random.default_rng([cfg.train.seed, 7])
+    exact = _errors(trainer.model, cfg, per_difficulty, rng)
+    out = {"task": cfg.task, "mode": mode, "steps": steps, "seeds": trainer.S, "distill_loss": loss,
+           "distilled_error": float(exact.max()), "rows": []}
+    for amount in amounts:
+        trainer = Trainer(cfg)
+        perturb(trainer.model, solved, fresh, mode, amount)
+        start = _errors(trainer.model, cfg, per_difficulty, rng)
+        for i in range(steps):
+            trainer.train_step()
+            if progress:
+                progress(amount, i + 1)
+        final = _errors(trainer.model, cfg, per_difficulty, rng)
+        out["rows"].append({"amount": amount, "start_error": float(np.median(start)),
+                            "final_errors": [round(float(e), 4) for e in final],
+                            "recovered": int((final == 0).sum()), "levels": [c.level for c in trainer.curricula]})
+    return out

@@ -1,0 +1,65 @@
+"""`nramctl basin`: a hand-wired circuit learned by an MLP, perturbed, and trained back."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nramctl.basin import basin_config, distill, measure, perturb
+from nramctl.circuits import CIRCUITS
+from nramctl.cli import app
+from nramctl.evaluate import evaluate
+from nramctl.train import Trainer
+
+SMALL = ["M=9", "difficulty=3", "train.batch=8", "train.eval_examples=40"]
+
+
+@pytest.mark.parametrize("name", ["access", "permutation"])
+def test_the_distilled_mlp_solves_the_task_as_the_circuit_does(name):
+    cfg = basin_config(name, overrides=["M=9", "difficulty=3"], seeds=2)
+    model = Trainer(cfg).model
+    rng = np.random.default_rng(0)
+    d = np.repeat(np.arange(1, 4), 30)
+    assert (evaluate(model, cfg, 9, d, rng)["error"] > 0.3).all()       # a fresh MLP does not
+    assert distill(model, CIRCUITS[name][1]) < 1e-3
+    for discrete in (False, True):                                      # task targets are the oracle
+        assert (evaluate(model, cfg, 9, d, rng, discrete=discrete)["error"] == 0).all()
+
+
+def test_perturbations_are_what_they_say():
+    cfg = basin_config("copy", overrides=SMALL, seeds=2)
+    a, b = Trainer(cfg).model, Trainer(cfg).model
+    fresh = {k: v.detach().clone() for k, v in a.named_parameters()}
+    solved = {k: torch.randn_like(v) for k, v in fresh.items()}
+    perturb(a, solved, fresh, "mix", 1.0)                    # all the way back: the fresh model
+    assert all(torch.equal(p, fresh[k]) for k, p in a.named_parameters())
+    perturb(a, solved, fresh, "mix", 0.25)
+    for k, p in a.named_parameters():
+        assert torch.allclose(p, 0.75 * solved[k] + 0.25 * fresh[k])
+    perturb(b, solved, fresh, "scale", 0.5)                  # the head alone, times the amount
+    for k, p in b.named_parameters():
+        assert torch.equal(p, solved[k] * (0.5 if k.startswith("controller.head.") else 1))
+
+
+def test_an_unperturbed_start_stays_solved_and_a_fresh_one_is_plain_training():
+    out = measure(basin_config("access", overrides=["M=9", "difficulty=6", "train.batch=8"], seeds=3),
+                  "scale", [1.0], 20, per_difficulty=20)
+    assert out["distilled_error"] == 0 and out["rows"][0]["recovered"] == 3
+    out = measure(basin_config("access", overrides=["M=9", "difficulty=6", "train.batch=8"], seeds=3),
+                  "mix", [1.0], 0, per_difficulty=20)
+    assert out["rows"][0]["recovered"] == 0 and out["rows"][0]["start_error"] > 0.5
+
+
+def test_basin_command_prints_json_and_refuses_bad_input():
+    runner = CliRunner()
+    r = runner.invoke(app, ["basin", "access", "--amounts", "1", "--steps", "5", "--seeds", "2", "--n", "10",
+                            "--json", "--set", "M=9", "--set", "difficulty=6", "--set", "train.batch=8"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["task"] == "access" and out["seeds"] == 2 and out["rows"][0]["recovered"] == 2
+    for args, needle in ((["merge"], "no hand-wired circuit for merge"), (["copy", "--mode", "warp"], "--mode"),
+                         (["copy", "--amounts", "a,b"], "--amounts"), (["copy", "--seeds", "0"], "--seeds"),
+                         (["sort"], "unknown task 'sort'"), (["copy", "--set", "train.lr=x"], "train.lr")):
+        r = runner.invoke(app, ["basin", *args])
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and needle in r.output, r.output
