@@ -31,6 +31,11 @@ MODES = ("scale", "mix")
 def basin_config(name, config=None, overrides=(), seeds=8):
     """The task's config with the MLP, registers and gates of its hand-wired circuit."""
     key = task(name).name
+    fixed_keys = ("model.R", "model.controller", "model.repeat", "model.gates")
+    for item in overrides:
+        if item.split("=", 1)[0].strip() in fixed_keys:
+            raise ConfigError(f"--set {item.split('=', 1)[0].strip()}: basin uses the circuit's own (an MLP, "
+                              f"its registers and the 14 gates)")
     if key not in CIRCUITS:
         raise ConfigError(f"no hand-wired circuit for {key}; basin knows {', '.join(sorted(CIRCUITS))}")
     R, _ = CIRCUITS[key]
@@ -87,7 +92,7 @@ def _errors(model, cfg, per_difficulty, rng):
 def measure(cfg, mode, amounts, steps, per_difficulty=50, progress=None):
     """One row per amount: the seeds' median error at the start, each seed's error after `steps`
     training steps (fresh examples, `per_difficulty` at every training difficulty) and how many are
-    back at 0. The first row is the distilled model itself."""
+    back at 0; `distilled_error` is the unperturbed model's worst seed on the same kind of examples."""
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r}: scale or mix")
     trainer = Trainer(cfg)

@@ -797,8 +797,9 @@ def basin(
         values = [float(a) for a in amounts.split(",")]
     except ValueError:
         raise ConfigError(f"--amounts: expected numbers, got {amounts!r}") from None
-    if not all(0 <= a <= 100 for a in values):
-        raise ConfigError("--amounts: each between 0 and 100")
+    top = 1 if mode == "mix" else 100
+    if not all(0 <= a <= top for a in values):
+        raise ConfigError(f"--amounts: each between 0 and {top} with --mode {mode}")
     if not (1 <= seeds <= 4096 and 0 <= steps <= 10**7 and 1 <= n <= 10**5):
         raise ConfigError("--seeds 1 to 4,096, --steps 0 to 10,000,000, --n 1 to 100,000")
     cfg = basin_config(task_name, config, set_, seeds)

@@ -60,6 +60,8 @@ def test_basin_command_prints_json_and_refuses_bad_input():
     assert out["task"] == "access" and out["seeds"] == 2 and out["rows"][0]["recovered"] == 2
     for args, needle in ((["merge"], "no hand-wired circuit for merge"), (["copy", "--mode", "warp"], "--mode"),
                          (["copy", "--amounts", "a,b"], "--amounts"), (["copy", "--seeds", "0"], "--seeds"),
-                         (["sort"], "unknown task 'sort'"), (["copy", "--set", "train.lr=x"], "train.lr")):
+                         (["sort"], "unknown task 'sort'"), (["copy", "--set", "train.lr=x"], "train.lr"),
+                         (["copy", "--mode", "mix", "--amounts", "1.5"], "between 0 and 1"),
+                         (["copy", "--set", "model.R=2"], "--set model.R: basin uses the circuit's own")):
         r = runner.invoke(app, ["basin", *args])
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and needle in r.output, r.output
