@@ -29,18 +29,19 @@ MODES = ("scale", "mix")
 
 
 def basin_config(name, config=None, overrides=(), seeds=8):
-    """The task's config with the MLP, registers and gates of its hand-wired circuit."""
+    """The task's config with the registers and gates of its hand-wired circuit, and the MLP unless
+    `--set model.controller=lstm` asks for the LSTM."""
     key = task(name).name
-    fixed_keys = ("model.R", "model.controller", "model.repeat", "model.gates")
+    fixed_keys = ("model.R", "model.repeat", "model.gates")
     for item in overrides:
         if item.split("=", 1)[0].strip() in fixed_keys:
-            raise ConfigError(f"--set {item.split('=', 1)[0].strip()}: basin uses the circuit's own (an MLP, "
-                              f"its registers and the 14 gates)")
+            raise ConfigError(f"--set {item.split('=', 1)[0].strip()}: basin uses the circuit's own (its "
+                              f"registers and the 14 gates)")
     if key not in CIRCUITS:
         raise ConfigError(f"no hand-wired circuit for {key}; basin knows {', '.join(sorted(CIRCUITS))}")
     R, _ = CIRCUITS[key]
-    fixed = [f"model.R={R}", "model.controller=mlp", "model.repeat=1", f"model.gates=[{','.join(GATES)}]"]
-    return task_config(key, config, [*overrides, *fixed, f"train.seeds={seeds}"])
+    fixed = [f"model.R={R}", "model.repeat=1", f"model.gates=[{','.join(GATES)}]"]
+    return task_config(key, config, ["model.controller=mlp", *overrides, *fixed, f"train.seeds={seeds}"])
 
 
 def _targets(model, table):
@@ -51,22 +52,32 @@ def _targets(model, table):
             (table[:, -1] > 0).to(table.dtype))
 
 
-def distill(model, rules, steps=3000, lr=3e-3):
+def distill(model, rules, steps=3000, lr=3e-3, length=16):
     """Fit every seed's controller to the rule table by cross-entropy on the 2^R zero patterns (input
-    r = 1 where register r is zero, as `program.TableController` reads it). Returns the final loss."""
+    r = 1 where register r is zero, as `program.TableController` reads it). An LSTM is fitted on
+    random sequences of `length` patterns, so that it answers each pattern alike whatever its state
+    holds. Returns the final loss."""
     R, S, Q, K = model.R, model.S, model.Q, model.K
     args, regs, stop = _targets(model, wired(R, GATES, rules).controller.table[0])
     patterns = torch.tensor([[(p >> r) & 1 for r in range(R)] for p in range(1 << R)], dtype=torch.float32)
-    x = patterns[None].expand(S, -1, -1).contiguous()
+    recurrent = model.controller.recurrent
+    g = torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(model.controller.parameters(), lr=lr)
     n_args, ce = 2 * Q * K, torch.nn.functional.cross_entropy
     for _ in range(steps):
-        logits, _ = model.controller(x, model.controller.initial_state(S, 1 << R, x))
-        logits = logits.reshape(S * (1 << R), -1)
-        a = logits[:, :n_args].reshape(-1, Q, 2, K) + model.arg_mask
-        loss = (ce(a.reshape(-1, K), args.repeat(S, 1, 1).reshape(-1))
-                + ce(logits[:, n_args:-1].reshape(-1, K), regs.repeat(S, 1).reshape(-1))
-                + torch.nn.functional.binary_cross_entropy_with_logits(logits[:, -1], stop.repeat(S)))
+        # [L, S, B] pattern indices: every pattern once (feed-forward), or random sequences (LSTM)
+        idx = (torch.randint(0, 1 << R, (length, S, 4 << R), generator=g) if recurrent
+               else torch.arange(1 << R).expand(1, S, -1))
+        state = model.controller.initial_state(S, idx.shape[2], patterns)
+        loss = 0
+        for p in idx:
+            logits, state = model.controller(patterns[p], state)
+            logits, p = logits.reshape(-1, logits.shape[-1]), p.reshape(-1)
+            a = logits[:, :n_args].reshape(-1, Q, 2, K) + model.arg_mask
+            loss = loss + (ce(a.reshape(-1, K), args[p].reshape(-1))
+                           + ce(logits[:, n_args:-1].reshape(-1, K), regs[p].reshape(-1))
+                           + torch.nn.functional.binary_cross_entropy_with_logits(logits[:, -1], stop[p]))
+        loss = loss / len(idx)
         opt.zero_grad()
         loss.backward()
         opt.step()

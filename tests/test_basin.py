@@ -62,6 +62,17 @@ def test_basin_command_prints_json_and_refuses_bad_input():
                          (["copy", "--amounts", "a,b"], "--amounts"), (["copy", "--seeds", "0"], "--seeds"),
                          (["sort"], "unknown task 'sort'"), (["copy", "--set", "train.lr=x"], "train.lr"),
                          (["copy", "--mode", "mix", "--amounts", "1.5"], "between 0 and 1"),
-                         (["copy", "--set", "model.R=2"], "--set model.R: basin uses the circuit's own")):
+                         (["copy", "--set", "model.R=2"], "--set model.R: basin uses the circuit")):
         r = runner.invoke(app, ["basin", *args])
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and needle in r.output, r.output
+
+
+def test_an_lstm_learns_the_circuit_whatever_its_state():
+    cfg = basin_config("access", overrides=["M=9", "difficulty=6", "model.controller=lstm", "model.hidden=16"],
+                       seeds=2)
+    model = Trainer(cfg).model
+    assert model.controller.recurrent
+    distill(model, CIRCUITS["access"][1], steps=400, length=4)
+    d = np.repeat(np.arange(1, 7), 30)
+    for discrete in (False, True):
+        assert (evaluate(model, cfg, 9, d, np.random.default_rng(0), discrete=discrete)["error"] == 0).all()
