@@ -785,11 +785,13 @@ def basin(
     seeds: Annotated[int, typer.Option(help="Seeds per amount (each its own fresh initialization and data).")] = 8,
     n: Annotated[int, typer.Option("--n", help="Test examples per training difficulty.")] = 50,
     config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
-    set_: Annotated[List[str], typer.Option("--set", help="Override a training field: key=value.")] = [],
+    set_: Annotated[List[str], typer.Option("--set", help="Override a field: key=value (training settings, "
+                                            "model.controller, model.hidden).")] = [],
     json: Json = False,
 ):
-    """Start seeds from a task's hand-wired circuit learned by an MLP, perturbed, train them, and count
-    those that come back to 0 error: the width of a real solution's basin under these settings."""
+    """Start seeds from a task's hand-wired circuit learned by an MLP (or, with --set
+    model.controller=lstm, an LSTM), perturbed, train them, and count those that come back to 0 error:
+    the width of a real solution's basin under these settings."""
     from .basin import MODES, basin_config, measure
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r}: scale or mix")
