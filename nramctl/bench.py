@@ -14,6 +14,7 @@ from . import native
 from .adam import Adam
 from .gates import PAPER_GATES
 from .machine import NRAM, Batch, fuzzy_run
+from .runtime import freeze_long_lived_objects
 
 
 def peak_rss_mb():
@@ -43,6 +44,7 @@ def bench_train(batch=32, M=20, T=20, R=4, hidden=64, controller="lstm", seeds=1
 
     for _ in range(warmup):
         one()
+    freeze_long_lived_objects()                   # as Trainer.run does
     t0 = time.perf_counter()
     for _ in range(steps):
         one()

@@ -17,3 +17,13 @@ def keep_freed_memory():
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
     except (OSError, AttributeError, TypeError):
         return False
+
+
+def freeze_long_lived_objects():
+    """Move every Python object alive now (torch's and nramctl's modules, the model) out of the
+    garbage collector's reach. Training makes garbage every step, so the collector runs often, and each
+    full collection used to walk all of torch: 3.4% of `nramctl train permutation --seeds 16 --set
+    train.batch=8` (perf), 1.5% after this. Objects frozen here are still freed by reference counting."""
+    import gc
+    gc.collect()
+    gc.freeze()

@@ -17,6 +17,7 @@ from .data import Curriculum, concat, extended_rule, make_batch, rng_from_state,
 from .evaluate import compare, evaluate, score
 from .machine import NRAM, fuzzy_run
 from .population import PER_SEED_LISTS, Population, place, subset
+from .runtime import freeze_long_lived_objects
 from .tasks import task
 
 
@@ -358,6 +359,7 @@ class Trainer:
         on_checkpoint(trainer) is called every checkpoint_every steps. With `until: all`, a seed that
         has finished (solved and polished) retires. Returns 'solved', 'budget' or 'interrupted'."""
         tr = self.cfg.train
+        freeze_long_lived_objects()
         start, base = time.perf_counter(), self.elapsed
         while not self.done():
             if should_stop():
