@@ -1,7 +1,7 @@
 """The basin of a hand-wired circuit: does training find its way back to a known solution?
 
 A hand-wired circuit (`circuits.py`) is a table of choices over the registers' zero flags. `distill`
-fits a task's MLP controller to that table (cross-entropy on the 2^R patterns), which gives a
+fits a task's MLP (or LSTM) controller to that table (cross-entropy on the 2^R patterns), which gives a
 learned model that solves the task exactly. `measure` starts K seeds from it, perturbed, trains them
 with nramctl's own training loop and settings (`--set` anything: batch, lr, noise, entropy, ...) and
 counts the seeds that are back at 0 error on fresh examples. Two perturbations:
@@ -21,7 +21,7 @@ import torch
 from .circuits import CIRCUITS, GATES
 from .config import ConfigError, task_config
 from .evaluate import evaluate
-from .program import wired
+from .program import wired, zero_patterns
 from .tasks import task
 from .train import Trainer
 
@@ -34,9 +34,9 @@ def basin_config(name, config=None, overrides=(), seeds=8):
     key = task(name).name
     fixed_keys = ("model.R", "model.repeat", "model.gates")
     for item in overrides:
-        if item.split("=", 1)[0].strip() in fixed_keys:
-            raise ConfigError(f"--set {item.split('=', 1)[0].strip()}: basin uses the circuit's own (its "
-                              f"registers and the 14 gates)")
+        key_set = item.split("=", 1)[0].strip()
+        if key_set in fixed_keys:
+            raise ConfigError(f"--set {key_set}: basin uses the circuit's own (its registers and the 14 gates)")
     if key not in CIRCUITS:
         raise ConfigError(f"no hand-wired circuit for {key}; basin knows {', '.join(sorted(CIRCUITS))}")
     R, _ = CIRCUITS[key]
@@ -59,7 +59,7 @@ def distill(model, rules, steps=3000, lr=3e-3, length=16):
     holds. Returns the final loss."""
     R, S, Q, K = model.R, model.S, model.Q, model.K
     args, regs, stop = _targets(model, wired(R, GATES, rules).controller.table[0])
-    patterns = torch.tensor([[(p >> r) & 1 for r in range(R)] for p in range(1 << R)], dtype=torch.float32)
+    patterns = zero_patterns(R)
     recurrent = model.controller.recurrent
     g = torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(model.controller.parameters(), lr=lr)
@@ -100,19 +100,27 @@ def _errors(model, cfg, per_difficulty, rng):
     return evaluate(model, cfg, cfg.M, d, rng)["error"]
 
 
+def check_plan(mode, amounts):
+    """A one-line ConfigError unless the mode is known and every amount lies in its range."""
+    if mode not in MODES:
+        raise ConfigError(f"--mode {mode!r}: scale or mix")
+    top = 1 if mode == "mix" else 100
+    if not all(0 <= a <= top for a in amounts):
+        raise ConfigError(f"--amounts: each between 0 and {top} with --mode {mode}")
+
+
 def measure(cfg, mode, amounts, steps, per_difficulty=50, progress=None):
     """One row per amount: the seeds' median error at the start, each seed's error after `steps`
     training steps (fresh examples, `per_difficulty` at every training difficulty) and how many are
     back at 0; `distilled_error` is the unperturbed model's worst seed on the same kind of examples."""
-    if mode not in MODES:
-        raise ConfigError(f"--mode {mode!r}: scale or mix")
+    check_plan(mode, amounts)
     trainer = Trainer(cfg)
     fresh = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
     loss = distill(trainer.model, CIRCUITS[cfg.task][1])
     solved = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
     rng = np.random.default_rng([cfg.train.seed, 7])
     exact = _errors(trainer.model, cfg, per_difficulty, rng)
-    out = {"task": cfg.task, "mode": mode, "steps": steps, "seeds": trainer.S, "distill_loss": loss,
+    out = {"task": cfg.task, "controller": cfg.model.controller, "mode": mode, "steps": steps, "seeds": trainer.S, "distill_loss": loss,
            "distilled_error": float(exact.max()), "rows": []}
     for amount in amounts:
         trainer = Trainer(cfg)

@@ -792,16 +792,12 @@ def basin(
     """Start seeds from a task's hand-wired circuit learned by an MLP (or, with --set
     model.controller=lstm, an LSTM), perturbed, train them, and count those that come back to 0 error:
     the width of a real solution's basin under these settings."""
-    from .basin import MODES, basin_config, measure
-    if mode not in MODES:
-        raise ConfigError(f"--mode {mode!r}: scale or mix")
+    from .basin import basin_config, check_plan, measure
     try:
         values = [float(a) for a in amounts.split(",")]
     except ValueError:
         raise ConfigError(f"--amounts: expected numbers, got {amounts!r}") from None
-    top = 1 if mode == "mix" else 100
-    if not all(0 <= a <= top for a in values):
-        raise ConfigError(f"--amounts: each between 0 and {top} with --mode {mode}")
+    check_plan(mode, values)               # before the progress bar, so an error is its only line
     if not (1 <= seeds <= 4096 and 0 <= steps <= 10**7 and 1 <= n <= 10**5):
         raise ConfigError("--seeds 1 to 4,096, --steps 0 to 10,000,000, --n 1 to 100,000")
     cfg = basin_config(task_name, config, set_, seeds)

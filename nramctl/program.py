@@ -95,13 +95,18 @@ def wired(R, gates, rules, seeds=1, repeat=1):
     return model
 
 
+def zero_patterns(R):
+    """The 2^R binary controller inputs [2^R, R]: row p has input r = bit r of p (1: register r is
+    zero), the order of the rule table's rows."""
+    patterns = torch.tensor(list(itertools.product([0, 1], repeat=R)), dtype=torch.float32)
+    return patterns.flip(-1)
+
+
 def table_from_controller(model):
     """The logit table of a feed-forward controller at its 2^R binary inputs: [S, 2^R, n_out].
     With discretized registers the controller only ever sees these inputs."""
     R = model.R
-    patterns = torch.tensor(list(itertools.product([0, 1], repeat=R)), dtype=torch.float32)
-    patterns = patterns.flip(-1)                          # bit r of the row index = input r
-    x = patterns[None].expand(model.S, -1, -1).contiguous()
+    x = zero_patterns(R)[None].expand(model.S, -1, -1).contiguous()
     with torch.no_grad():
         logits, _ = model.controller(x, model.controller.initial_state(model.S, 1 << R, x))
     return logits

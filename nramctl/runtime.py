@@ -23,7 +23,7 @@ def freeze_long_lived_objects():
     """Move every Python object alive now (torch's and nramctl's modules, the model) out of the
     garbage collector's reach. Training makes garbage every step, so the collector runs often, and each
     full collection used to walk all of torch: 3.4% of `nramctl train permutation --seeds 16 --set
-    train.batch=8` (perf), 1.5% after this. Objects frozen here are still freed by reference counting."""
+    train.batch=8` (perf), 1.8% after this. Objects frozen here are still freed by reference counting."""
     import gc
     gc.collect()
     gc.freeze()

@@ -279,7 +279,7 @@ def timestep_rule(expr):
 @lru_cache(maxsize=256)
 def _compiled_rule(expr):
     try:
-        tree = ast.parse(str(expr), mode="eval")
+        tree = ast.parse(expr, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         raise TaskError(f"bad timestep rule {str(expr)[:60]!r}: write an expression in n such as '2*n+1'")
     for node in ast.walk(tree):

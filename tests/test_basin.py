@@ -1,4 +1,4 @@
-"""`nramctl basin`: a hand-wired circuit learned by an MLP, perturbed, and trained back."""
+"""`nramctl basin`: a hand-wired circuit learned by an MLP or an LSTM, perturbed, and trained back."""
 import json
 
 import numpy as np
@@ -57,7 +57,7 @@ def test_basin_command_prints_json_and_refuses_bad_input():
                             "--json", "--set", "M=9", "--set", "difficulty=6", "--set", "train.batch=8"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert out["task"] == "access" and out["seeds"] == 2 and out["rows"][0]["recovered"] == 2
+    assert out["task"] == "access" and out["controller"] == "mlp" and out["seeds"] == 2 and out["rows"][0]["recovered"] == 2
     for args, needle in ((["merge"], "no hand-wired circuit for merge"), (["copy", "--mode", "warp"], "--mode"),
                          (["copy", "--amounts", "a,b"], "--amounts"), (["copy", "--seeds", "0"], "--seeds"),
                          (["sort"], "unknown task 'sort'"), (["copy", "--set", "train.lr=x"], "train.lr"),
