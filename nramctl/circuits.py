@@ -1,5 +1,6 @@
 """Hand-wired circuits on the paper's 14 gates (see nramctl.program): Access, Increment and Copy, and two hard
-tasks, Permutation and ListSearch, that show those tasks can be solved within their T(n) steps with R = 4."""
+tasks, Permutation and ListSearch, that show those tasks can be solved within their T(n) steps with R = 4;
+and Permutation again as one phase-free circuit with the gate sequence three times."""
 from .gates import PAPER_GATES
 
 NOOP = {"READ": ["r0"], "WRITE": ["r0", "READ"]}          # rewrites a cell with its own value
@@ -47,6 +48,18 @@ LISTSEARCH = (4, [
     ({2: False}, {"READ": ["r2"], "WRITE": ["r2", "READ"], "EQ": ["READ", "r1"], "r2": "ZERO", "r3": "EQ"}),
     ({3: False}, {"READ": ["r0"], "WRITE": ["TWO", "r0"], "stop": True}),   # found: cell 2 := p
     ({}, {"READ": ["r0"], "WRITE": ["r0", "READ"], "INC": ["READ"], "r0": "READ", "r2": "INC"}),   # p := next
+])
+
+# Permutation as one circuit that every step repeats, with the gate sequence three times (model.repeat
+# = 3: three READs a step), no phase and no zero flag: r0 is never written (so READ(r0) = mem[0] = a),
+# r1 = the last cell of P written. Step k writes P[k] := A[P[k]]; the steps after the n-th write past P.
+# It needs M >= 14 at lengths to 6: with T = 2n + 2 steps the writes then never wrap around to P.
+PERMUTATION_UNIFORM = (4, 3, [
+    ({}, {"READ": ["r0"], "INC": ["r1"],                            # a, p = r1 + 1
+          "READ#2": ["INC"], "ADD#2": ["READ", "READ#2"],           # P[k], a + P[k]
+          "READ#3": ["ADD#2"], "WRITE#3": ["INC", "READ#3"],        # P[k] := A[P[k]]
+          "WRITE": ["r0", "READ"], "WRITE#2": ["r0", "READ"],       # cell 0 rewritten with a
+          "r1": "INC"}),
 ])
 
 CIRCUITS = {"access": ACCESS, "increment": INCREMENT, "copy": COPY, "permutation": PERMUTATION,

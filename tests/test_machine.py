@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from nramctl.circuits import CIRCUITS, GATES
+from nramctl.circuits import CIRCUITS, GATES, PERMUTATION_UNIFORM
 from nramctl.config import task_config
 from nramctl.data import make_batch
 from nramctl.discrete import discrete_run
@@ -177,3 +177,21 @@ def test_hand_wired_circuits_solve_the_task(name, M, backend):
     assert torch.equal(disc[b.mask], b.target[b.mask])
     if any(rule.get("stop") for _, rule in rules):
         assert (halt < b.T).all()
+
+
+@pytest.mark.parametrize("M, wrong", [(13, True), (14, False), (20, False)])
+def test_phase_free_permutation_circuit_needs_room_to_run_on(M, wrong):
+    """One circuit repeated every step (three READs a step) solves Permutation at tasks.yaml's T(n),
+    fuzzy and discrete, once M leaves room for the writes after the n-th step (M >= 14 at lengths to
+    6); at M = 13 they wrap around onto P[0] at length 6 only."""
+    R, repeat, rules = PERMUTATION_UNIFORM
+    model = wired(R, GATES, rules, repeat=repeat)
+    d = np.arange(1, 7).repeat(4)
+    b = make_batch("permutation", M, d, np.random.default_rng(M), task_config("permutation").T)
+    fuzzy = fuzzy_run(model, b).pred
+    disc, _, _ = discrete_run(model, b.memory, b.T)
+    for pred in (fuzzy, disc):
+        ok = (pred == b.target) | ~b.mask
+        per_length = ok.all(1).view(6, 4).all(1)
+        assert per_length[:5].all()                       # lengths 1-5 always fit
+        assert bool(per_length[5]) != wrong
