@@ -18,7 +18,7 @@ might let gradient descent find the hard tasks' circuits from scratch (docs/RESU
 import numpy as np
 import torch
 
-from .circuits import CIRCUITS, GATES
+from .circuits import CIRCUITS, GATES, VARIANTS, circuit
 from .config import ConfigError, task_config
 from .evaluate import evaluate
 from .program import wired, zero_patterns
@@ -28,20 +28,27 @@ from .train import Trainer
 MODES = ("scale", "mix")
 
 
-def basin_config(name, config=None, overrides=(), seeds=8):
-    """The task's config with the registers and gates of its hand-wired circuit, and the MLP unless
-    `--set model.controller=lstm` asks for the LSTM."""
+def basin_config(name, config=None, overrides=(), seeds=8, variant=None):
+    """The task's config with the registers and gates of its hand-wired circuit (or of the named
+    variant, `circuits.VARIANTS`), and the MLP unless `--set model.controller=lstm` asks for the LSTM."""
     key = task(name).name
     fixed_keys = ("model.R", "model.repeat", "model.gates")
     for item in overrides:
         key_set = item.split("=", 1)[0].strip()
         if key_set in fixed_keys:
             raise ConfigError(f"--set {key_set}: basin uses the circuit's own (its registers and the 14 gates)")
-    if key not in CIRCUITS:
-        raise ConfigError(f"no hand-wired circuit for {key}; basin knows {', '.join(sorted(CIRCUITS))}")
-    R, _ = CIRCUITS[key]
-    fixed = [f"model.R={R}", "model.repeat=1", f"model.gates=[{','.join(GATES)}]"]
-    return task_config(key, config, ["model.controller=mlp", *overrides, *fixed, f"train.seeds={seeds}"])
+    try:
+        R, repeat, min_M, _ = circuit(key, variant)
+    except KeyError:
+        if variant is None:
+            raise ConfigError(f"no hand-wired circuit for {key}; basin knows {', '.join(sorted(CIRCUITS))}") from None
+        known = ", ".join(v for t, v in VARIANTS if t == key) or "none"
+        raise ConfigError(f"--circuit {variant}: no such circuit for {key} (its variants: {known})") from None
+    fixed = [f"model.R={R}", f"model.repeat={repeat}", f"model.gates=[{','.join(GATES)}]"]
+    cfg = task_config(key, config, ["model.controller=mlp", *overrides, *fixed, f"train.seeds={seeds}"])
+    if min_M and cfg.M < min_M:
+        raise ConfigError(f"--circuit {variant} solves {key} from M = {min_M} on (--set M={min_M}); M is {cfg.M}")
+    return cfg
 
 
 def _targets(model, table):
@@ -58,7 +65,7 @@ def distill(model, rules, steps=3000, lr=3e-3, length=16):
     random sequences of `length` patterns, so that it answers each pattern alike whatever its state
     holds. Returns the final loss."""
     R, S, Q, K = model.R, model.S, model.Q, model.K
-    args, regs, stop = _targets(model, wired(R, GATES, rules).controller.table[0])
+    args, regs, stop = _targets(model, wired(R, GATES, rules, repeat=model.repeat).controller.table[0])
     patterns = zero_patterns(R)
     recurrent = model.controller.recurrent
     g = torch.Generator().manual_seed(0)
@@ -109,18 +116,20 @@ def check_plan(mode, amounts):
         raise ConfigError(f"--amounts: each between 0 and {top} with --mode {mode}")
 
 
-def measure(cfg, mode, amounts, steps, per_difficulty=50, progress=None):
+def measure(cfg, mode, amounts, steps, per_difficulty=50, progress=None, variant=None):
     """One row per amount: the seeds' median error at the start, each seed's error after `steps`
     training steps (fresh examples, `per_difficulty` at every training difficulty) and how many are
-    back at 0; `distilled_error` is the unperturbed model's worst seed on the same kind of examples."""
+    back at 0; `distilled_error` is the unperturbed model's worst seed on the same kind of examples.
+    `variant` names another circuit of the task (`circuits.VARIANTS`; cfg from basin_config with it)."""
     check_plan(mode, amounts)
     trainer = Trainer(cfg)
     fresh = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
-    loss = distill(trainer.model, CIRCUITS[cfg.task][1])
+    loss = distill(trainer.model, circuit(cfg.task, variant)[3])
     solved = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
     rng = np.random.default_rng([cfg.train.seed, 7])
     exact = _errors(trainer.model, cfg, per_difficulty, rng)
-    out = {"task": cfg.task, "controller": cfg.model.controller, "mode": mode, "steps": steps, "seeds": trainer.S, "distill_loss": loss,
+    out = {"task": cfg.task, "circuit": variant or "default", "M": cfg.M,
+           "controller": cfg.model.controller, "mode": mode, "steps": steps, "seeds": trainer.S, "distill_loss": loss,
            "distilled_error": float(exact.max()), "rows": []}
     for amount in amounts:
         trainer = Trainer(cfg)

@@ -54,7 +54,8 @@ LISTSEARCH = (4, [
 # = 3: three READs a step), no phase and no zero flag: r0 is never written (so READ(r0) = mem[0] = a),
 # r1 = the last cell of P written. Step k writes P[k] := A[P[k]]; the steps after the n-th write past P.
 # It needs M >= 14 at lengths to 6: with T = 2n + 2 steps the writes then never wrap around to P.
-PERMUTATION_UNIFORM = (4, 3, [
+# (R, repeat, the smallest M, rules)
+PERMUTATION_UNIFORM = (4, 3, 14, [
     ({}, {"READ": ["r0"], "INC": ["r1"],                            # a, p = r1 + 1
           "READ#2": ["INC"], "ADD#2": ["READ", "READ#2"],           # P[k], a + P[k]
           "READ#3": ["ADD#2"], "WRITE#3": ["INC", "READ#3"],        # P[k] := A[P[k]]
@@ -65,3 +66,14 @@ PERMUTATION_UNIFORM = (4, 3, [
 CIRCUITS = {"access": ACCESS, "increment": INCREMENT, "copy": COPY, "permutation": PERMUTATION,
             "listsearch": LISTSEARCH}
 GATES = PAPER_GATES
+# Other circuits for a task, by name: (R, repeat, the smallest M they solve the task's difficulty at, rules)
+VARIANTS = {("permutation", "uniform"): PERMUTATION_UNIFORM}
+
+
+def circuit(name, variant=None):
+    """(R, repeat, smallest M or None, rules) of a task's hand-wired circuit, or of a named variant;
+    KeyError where there is none."""
+    if variant is None:
+        R, rules = CIRCUITS[name]
+        return R, 1, None, rules
+    return VARIANTS[name, variant]

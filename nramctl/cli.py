@@ -783,6 +783,9 @@ def basin(
     amounts: Annotated[str, typer.Option(help="Comma-separated amounts, one row each.")] = "0.3,0.2,0.15,0.1",
     steps: Annotated[int, typer.Option(help="Training steps from each perturbed start.")] = 600,
     seeds: Annotated[int, typer.Option(help="Seeds per amount (each its own fresh initialization and data).")] = 8,
+    circuit: Annotated[Optional[str], typer.Option(help="Another circuit of the task: uniform (permutation: "
+                                                   "one phase-free circuit, the gate sequence three times, "
+                                                   "M >= 14).")] = None,
     n: Annotated[int, typer.Option("--n", help="Test examples per training difficulty.")] = 50,
     config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
     set_: Annotated[List[str], typer.Option("--set", help="Override a field: key=value (training settings, "
@@ -800,9 +803,9 @@ def basin(
     check_plan(mode, values)               # before the progress bar, so an error is its only line
     if not (1 <= seeds <= 4096 and 0 <= steps <= 10**7 and 1 <= n <= 10**5):
         raise ConfigError("--seeds 1 to 4,096, --steps 0 to 10,000,000, --n 1 to 100,000")
-    cfg = basin_config(task_name, config, set_, seeds)
+    cfg = basin_config(task_name, config, set_, seeds, circuit)
     with render.BasinProgress(len(values) * steps, stderr=json) as bar:
-        out = measure(cfg, mode, values, steps, n, progress=bar.advance)
+        out = measure(cfg, mode, values, steps, n, progress=bar.advance, variant=circuit)
     render.emit_json(out) if json else render.basin_table(out)
 
 

@@ -440,7 +440,8 @@ class BasinProgress:
 
 def basin_table(out):
     how = {"scale": "head x amount", "mix": "(1 - amount) solved + amount fresh"}[out["mode"]]
-    t = Table(title=f"{out['task']}: the hand-wired circuit distilled into an {out['controller'].upper()} "
+    which = "the hand-wired circuit" if out["circuit"] == "default" else f"the {out['circuit']} circuit"
+    t = Table(title=f"{out['task']} (M {out['M']}): {which} distilled into an {out['controller'].upper()} "
                     f"(fuzzy error {pct(out['distilled_error'])}), started at {how}, {out['steps']:,} training steps")
     for c in ("amount", "start error (median)", "back at 0", "errors after", "levels"):
         t.add_column(c, justify="right")

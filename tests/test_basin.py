@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from nramctl.basin import basin_config, distill, measure, perturb
-from nramctl.circuits import CIRCUITS
+from nramctl.circuits import CIRCUITS, circuit
 from nramctl.cli import app
 from nramctl.evaluate import evaluate
 from nramctl.train import Trainer
@@ -15,16 +15,17 @@ from nramctl.train import Trainer
 SMALL = ["M=9", "difficulty=3", "train.batch=8", "train.eval_examples=40"]
 
 
-@pytest.mark.parametrize("name", ["access", "permutation"])
-def test_the_distilled_mlp_solves_the_task_as_the_circuit_does(name):
-    cfg = basin_config(name, overrides=["M=9", "difficulty=3"], seeds=2)
+@pytest.mark.parametrize("name, variant, M", [("access", None, 9), ("permutation", None, 9),
+                                              ("permutation", "uniform", 14)])
+def test_the_distilled_mlp_solves_the_task_as_the_circuit_does(name, variant, M):
+    cfg = basin_config(name, overrides=[f"M={M}", "difficulty=3"], seeds=2, variant=variant)
     model = Trainer(cfg).model
     rng = np.random.default_rng(0)
     d = np.repeat(np.arange(1, 4), 30)
-    assert (evaluate(model, cfg, 9, d, rng)["error"] > 0.3).all()       # a fresh MLP does not
-    assert distill(model, CIRCUITS[name][1]) < 1e-3
+    assert (evaluate(model, cfg, M, d, rng)["error"] > 0.3).all()       # a fresh MLP does not
+    assert distill(model, circuit(name, variant)[3]) < 1e-3
     for discrete in (False, True):                                      # task targets are the oracle
-        assert (evaluate(model, cfg, 9, d, rng, discrete=discrete)["error"] == 0).all()
+        assert (evaluate(model, cfg, M, d, rng, discrete=discrete)["error"] == 0).all()
 
 
 def test_perturbations_are_what_they_say():
@@ -62,7 +63,9 @@ def test_basin_command_prints_json_and_refuses_bad_input():
                          (["copy", "--amounts", "a,b"], "--amounts"), (["copy", "--seeds", "0"], "--seeds"),
                          (["sort"], "unknown task 'sort'"), (["copy", "--set", "train.lr=x"], "train.lr"),
                          (["copy", "--mode", "mix", "--amounts", "1.5"], "between 0 and 1"),
-                         (["copy", "--set", "model.R=2"], "--set model.R: basin uses the circuit")):
+                         (["copy", "--set", "model.R=2"], "--set model.R: basin uses the circuit"),
+                         (["copy", "--circuit", "uniform"], "no such circuit for copy (its variants: none)"),
+                         (["permutation", "--circuit", "uniform"], "from M = 14 on (--set M=14); M is 13")):
         r = runner.invoke(app, ["basin", *args])
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and needle in r.output, r.output
 

@@ -184,7 +184,7 @@ def test_phase_free_permutation_circuit_needs_room_to_run_on(M, wrong):
     """One circuit repeated every step (three READs a step) solves Permutation at tasks.yaml's T(n),
     fuzzy and discrete, once M leaves room for the writes after the n-th step (M >= 14 at lengths to
     6); at M = 13 they wrap around onto P[0] at length 6 only."""
-    R, repeat, rules = PERMUTATION_UNIFORM
+    R, repeat, _, rules = PERMUTATION_UNIFORM
     model = wired(R, GATES, rules, repeat=repeat)
     d = np.arange(1, 7).repeat(4)
     b = make_batch("permutation", M, d, np.random.default_rng(M), task_config("permutation").T)
