@@ -122,9 +122,13 @@ def measure(cfg, mode, amounts, steps, per_difficulty=50, progress=None, variant
     back at 0; `distilled_error` is the unperturbed model's worst seed on the same kind of examples.
     `variant` names another circuit of the task (`circuits.VARIANTS`; cfg from basin_config with it)."""
     check_plan(mode, amounts)
+    R, repeat, _, rules = circuit(cfg.task, variant)
+    if (cfg.model.R, cfg.model.repeat) != (R, repeat):   # cfg made for another circuit: refuse, not distill
+        raise ConfigError(f"the config has R {cfg.model.R} and repeat {cfg.model.repeat}; the circuit "
+                          f"{variant or 'default'} wants {R} and {repeat} (make it with basin_config)")
     trainer = Trainer(cfg)
     fresh = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
-    loss = distill(trainer.model, circuit(cfg.task, variant)[3])
+    loss = distill(trainer.model, rules)
     solved = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
     rng = np.random.default_rng([cfg.train.seed, 7])
     exact = _errors(trainer.model, cfg, per_difficulty, rng)

@@ -281,7 +281,7 @@ def _compiled_rule(expr):
     try:
         tree = ast.parse(expr, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
-        raise TaskError(f"bad timestep rule {str(expr)[:60]!r}: write an expression in n such as '2*n+1'")
+        raise TaskError(f"bad timestep rule {expr[:60]!r}: write an expression in n such as '2*n+1'")
     for node in ast.walk(tree):
         bad = not isinstance(node, _ALLOWED) or (isinstance(node, ast.Name) and node.id != "n") \
             or (isinstance(node, ast.Constant) and type(node.value) is not int)

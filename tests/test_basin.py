@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from nramctl.basin import basin_config, distill, measure, perturb
 from nramctl.circuits import CIRCUITS, circuit
 from nramctl.cli import app
+from nramctl.config import ConfigError
 from nramctl.evaluate import evaluate
 from nramctl.train import Trainer
 
@@ -79,3 +80,9 @@ def test_an_lstm_learns_the_circuit_whatever_its_state():
     d = np.repeat(np.arange(1, 7), 30)
     for discrete in (False, True):
         assert (evaluate(model, cfg, 9, d, np.random.default_rng(0), discrete=discrete)["error"] == 0).all()
+
+
+def test_measure_refuses_a_config_made_for_another_circuit():
+    cfg = basin_config("permutation", overrides=["M=14"], seeds=1, variant="uniform")   # repeat 3
+    with pytest.raises(ConfigError, match="the circuit default wants 4 and 1"):
+        measure(cfg, "scale", [1.0], 0)
