@@ -9,11 +9,9 @@
 #include "circuit.h"
 
 constexpr int EB = 8;    // examples of one seed whose controller rows are multiplied together
-constexpr int JB = 16;   // output columns per register block
 
 // Y[e, j] = bias[j] + sum_k X[e, k] W[k, j] for e < ne, with W [in, out] row-major. X must hold EB
-// rows (what the rows from ne on hold is computed and dropped), so the EB accumulators of a block of
-// JB columns stay in registers while W's rows stream past once per block of examples.
+// rows (what the rows from ne on hold may be computed and dropped).
 template <typename T>
 static void rows_matmul_tail(int ne, const T* X, int ldx, const T* W, const T* bias, int in, int out, int j0,
                              T* Y, int ldy) {
@@ -30,26 +28,54 @@ static void rows_matmul(int ne, const T* X, int ldx, const T* W, const T* bias, 
     rows_matmul_tail(ne, X, ldx, W, bias, in, out, 0, Y, ldy);
 }
 
-// float: the same with GCC/Clang vector types (JB = 16 floats, whatever SIMD width the machine has);
-// the compiler's own vectorizer picked the wrong loop here and ran four times slower.
-typedef float vfloat __attribute__((vector_size(4 * JB)));
-typedef float vfloat_u __attribute__((vector_size(4 * JB), aligned(4)));
+// float: the same with GCC/Clang vector types of the machine's SIMD width (VW floats), in register
+// tiles of TILE_RB examples x TILE_CB vectors whose accumulators, with the tile's vectors of W and one
+// broadcast of X, stay in registers while W's rows stream past once per tile. A tile of 8 x 16 floats
+// on every machine, as before, spilled on AVX2 (16 vector registers) and ran this product at a third
+// of the speed. Measured on AVX2 (the eight-seed training step, docs/RESULTS.md): 8 x 1 vectors best,
+// 4 x 2, 4 x 3 and 2 x 4 3-5% slower. Every output is bias + sum_k X[e, k] W[k, j] in k order whatever
+// the tile, so all tiles give the same bits.
+#if defined(__AVX512F__)
+constexpr int VW = 16;
+#else
+constexpr int VW = 8;
+#endif
+constexpr int TILE_RB = 8, TILE_CB = 1;
+typedef float vfloat __attribute__((vector_size(4 * VW)));
+typedef float vfloat_u __attribute__((vector_size(4 * VW), aligned(4)));
+
+// Rows [e0, e0 + RB) (those from ne on are computed and dropped), columns [j0, j0 + CB * VW).
+template <int RB, int CB>
+static inline void tile(int e0, int ne, const float* X, int ldx, const float* W, const float* bias, int in,
+                        int out, int j0, float* Y, int ldy) {
+    vfloat acc[RB][CB];
+    for (int c = 0; c < CB; c++) {
+        const vfloat b = bias ? *(const vfloat_u*)(bias + j0 + c * VW) : vfloat{};
+        for (int r = 0; r < RB; r++) acc[r][c] = b;
+    }
+    const float* x = X + (size_t)e0 * ldx;
+    const float* w = W + j0;
+    for (int k = 0; k < in; k++, w += out) {
+        vfloat wk[CB];
+        for (int c = 0; c < CB; c++) wk[c] = *(const vfloat_u*)(w + c * VW);
+        for (int r = 0; r < RB; r++) {
+            const float xr = x[(size_t)r * ldx + k];
+            for (int c = 0; c < CB; c++) acc[r][c] += xr * wk[c];
+        }
+    }
+    for (int r = 0; r < RB && e0 + r < ne; r++)
+        for (int c = 0; c < CB; c++) *(vfloat_u*)(Y + (size_t)(e0 + r) * ldy + j0 + c * VW) = acc[r][c];
+}
 
 template <>
 void rows_matmul<float>(int ne, const float* X, int ldx, const float* W, const float* bias, int in, int out,
                         float* Y, int ldy) {
+    static_assert(EB % TILE_RB == 0, "a block of examples is whole tiles");
     int j0 = 0;
-    for (; j0 + JB <= out; j0 += JB) {
-        vfloat acc[EB];
-        vfloat b0 = bias ? *(const vfloat_u*)(bias + j0) : vfloat{};
-        for (int e = 0; e < EB; e++) acc[e] = b0;
-        const float* w = W + j0;
-        for (int k = 0; k < in; k++, w += out) {
-            const vfloat wk = *(const vfloat_u*)w;
-            for (int e = 0; e < EB; e++) acc[e] += X[(size_t)e * ldx + k] * wk;
-        }
-        for (int e = 0; e < ne; e++) *(vfloat_u*)(Y + (size_t)e * ldy + j0) = acc[e];
-    }
+    for (; j0 + TILE_CB * VW <= out; j0 += TILE_CB * VW)
+        for (int e0 = 0; e0 < ne; e0 += TILE_RB) tile<TILE_RB, TILE_CB>(e0, ne, X, ldx, W, bias, in, out, j0, Y, ldy);
+    for (; j0 + VW <= out; j0 += VW)
+        for (int e0 = 0; e0 < ne; e0 += TILE_RB) tile<TILE_RB, 1>(e0, ne, X, ldx, W, bias, in, out, j0, Y, ldy);
     rows_matmul_tail(ne, X, ldx, W, bias, in, out, j0, Y, ldy);
 }
 
