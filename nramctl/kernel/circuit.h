@@ -30,43 +30,46 @@ template <> struct Lanes<double> {
     typedef double v __attribute__((vector_size(64), aligned(8)));
 };
 
-// out[0:P] = sum_{k<n} w[k] rows[k][0:P] (rows P apart), accumulated in registers, 4 vectors at a time
-template <typename T>
-static inline void mix(const T* __restrict w, int n, const T* __restrict rows, int P, T* __restrict out) {
+// NO mixtures of the same rows at once, over CV vectors of cells from c0: out[o][c] = sum_{k<n}
+// w[o][k] rows[k][c]. Their NO x CV sums are independent chains of multiply-adds, enough of them to
+// hide the instruction's latency (one mixture of 3 vectors alone waits on each multiply-add), and
+// each is the same sum in the same order as when done alone.
+template <int NO, int CV, typename T>
+static inline void mix_block(const T* __restrict w, int ldw, int n, const T* __restrict rows, int P, int c0,
+                             T* __restrict out, int ldo) {
     typedef typename Lanes<T>::v v;
-    const int nv = P / 8;
-    for (int c0 = 0; c0 < nv; c0 += 4) {
-        const int cn = std::min(4, nv - c0);
-        v acc[4] = {};
-        for (int k = 0; k < n; k++) {
-            const T wk = w[k];
-            const v* row = (const v*)(rows + (size_t)k * P) + c0;
-            for (int c = 0; c < 4; c++)
-                if (c < cn) acc[c] += wk * row[c];
+    v acc[NO][CV] = {};
+    for (int k = 0; k < n; k++) {
+        const v* row = (const v*)(rows + (size_t)k * P) + c0;
+        for (int c = 0; c < CV; c++) {
+            const v r = row[c];
+            for (int o = 0; o < NO; o++) acc[o][c] += w[(size_t)o * ldw + k] * r;
         }
-        for (int c = 0; c < cn; c++) ((v*)out)[c0 + c] = acc[c];
     }
+    for (int o = 0; o < NO; o++)
+        for (int c = 0; c < CV; c++) ((v*)(out + (size_t)o * ldo))[c0 + c] = acc[o][c];
 }
 
-// out[j][0:L] = sum_{m<inner} A[j][m] B[m][0:L] for j < nrows (A rows lda apart, L a multiple of 8):
-// the dot products of A's rows with the columns of B, without a horizontal sum per product
+template <int NO, typename T>
+static inline void mix_n(const T* w, int ldw, int n, const T* rows, int P, T* out, int ldo) {
+    const int nv = P / 8;
+    int c0 = 0;
+    for (; c0 + 3 <= nv; c0 += 3) mix_block<NO, 3>(w, ldw, n, rows, P, c0, out, ldo);
+    for (; c0 < nv; c0++) mix_block<NO, 1>(w, ldw, n, rows, P, c0, out, ldo);
+}
+
+// out[o][0:P] = sum_{k<n} w[o][k] rows[k][0:P] for o < nout (weights ldw apart, rows P apart, outputs
+// ldo apart), P a multiple of 8, in groups of up to 4 outputs. Also the backward's dot products: the
+// rows of a matrix against the columns of another, without a horizontal sum per product.
 template <typename T>
-static inline void dots(const T* __restrict A, int nrows, int lda, int inner, const T* __restrict B, int L,
-                        T* __restrict out) {
-    typedef typename Lanes<T>::v v;
-    const int nv = L / 8;
-    for (int j = 0; j < nrows; j++)
-        for (int c0 = 0; c0 < nv; c0 += 4) {
-            const int cn = std::min(4, nv - c0);
-            v acc[4] = {};
-            for (int m = 0; m < inner; m++) {
-                const T a = A[(size_t)j * lda + m];
-                const v* row = (const v*)(B + (size_t)m * L) + c0;
-                for (int c = 0; c < 4; c++)
-                    if (c < cn) acc[c] += a * row[c];
-            }
-            for (int c = 0; c < cn; c++) ((v*)(out + (size_t)j * L))[c0 + c] = acc[c];
-        }
+static inline void mix(const T* w, int ldw, int nout, int n, const T* rows, int P, T* out, int ldo) {
+    int o = 0;
+    for (; o + 4 <= nout; o += 4) mix_n<4>(w + (size_t)o * ldw, ldw, n, rows, P, out + (size_t)o * ldo, ldo);
+    switch (nout - o) {
+    case 3: mix_n<3>(w + (size_t)o * ldw, ldw, n, rows, P, out + (size_t)o * ldo, ldo); break;
+    case 2: mix_n<2>(w + (size_t)o * ldw, ldw, n, rows, P, out + (size_t)o * ldo, ldo); break;
+    case 1: mix_n<1>(w + (size_t)o * ldw, ldw, n, rows, P, out + (size_t)o * ldo, ldo); break;
+    }
 }
 
 // The gate index of the circuit's first WRITE (Q if none). Memory gates up to it see the memory the
@@ -81,7 +84,7 @@ static int first_write(const Circuit& c) {
 // One example's circuit. V [K, P] (scratch): the registers, then each gate's output, and VT [P, K8]
 // the same transposed, for the backward's dot products (when not null); AB [2Q, P]: the gate inputs;
 // saved [G, M, M] (when not null): memory as each memory gate after the first WRITE saw it; the new
-// registers [R, M] and memory [M, M], renormalized when asked. tmp: P cells of scratch.
+// registers [R, M] and memory [M, M], renormalized when asked. tmp: R x P cells of scratch.
 template <typename T>
 static void circuit_forward_one(const Circuit& c, const T* __restrict W, const T* __restrict U,
                                 const T* __restrict regs, const T* __restrict mem_in, T* __restrict V,
@@ -98,7 +101,7 @@ static void circuit_forward_one(const Circuit& c, const T* __restrict W, const T
     for (int i = 0; i < Q; i++) {
         T* out = V + (size_t)(R + i) * P;
         const int ar = c.arity[i], code = c.codes[i];
-        for (int a = 0; a < ar; a++) mix(W + (size_t)(2 * i + a) * K, R + i, V, P, AB + (size_t)(2 * i + a) * P);
+        mix(W + (size_t)(2 * i) * K, K, ar, R + i, V, P, AB + (size_t)(2 * i) * P, P);
         const T* A = AB + (size_t)(2 * i) * P;
         const T* B = ar ? AB + (size_t)(2 * i + ar - 1) * P : A;
         if (saved && i > w0 && (code == READ || code == WRITE))   // no saving when no gradient is wanted
@@ -122,10 +125,8 @@ static void circuit_forward_one(const Circuit& c, const T* __restrict W, const T
         }
         std::fill(out + M, out + P, T(0));
     }
-    for (int r = 0; r < R; r++) {
-        mix(U + (size_t)r * K, K, V, P, tmp);
-        std::memcpy(new_regs + (size_t)r * M, tmp, sizeof(T) * M);
-    }
+    mix(U, K, R, K, V, P, tmp, P);
+    for (int r = 0; r < R; r++) std::memcpy(new_regs + (size_t)r * M, tmp + (size_t)r * P, sizeof(T) * M);
     if (VT)                                // transposed while V is in cache
         for (int m = 0; m < P; m++)
             for (int k = 0; k < c.K8; k++) VT[(size_t)m * c.K8 + k] = k < K ? V[(size_t)k * P + m] : T(0);
@@ -147,7 +148,7 @@ struct CircuitScratch {
     std::vector<T> dV, D, grads, dW, dU, wt;
     explicit CircuitScratch(const Circuit& c)
         : dV((size_t)c.R * c.P), D(c.P), grads((size_t)(2 * c.Q + c.R) * c.P, T(0)),
-          dW((size_t)2 * c.Q * c.K8), dU((size_t)c.R * c.K8), wt(2 * c.Q + c.R) {}
+          dW((size_t)2 * c.Q * c.K8), dU((size_t)c.R * c.K8), wt((size_t)c.R * (2 * c.Q + c.R)) {}
     T* dR(const Circuit& c) { return grads.data() + (size_t)2 * c.Q * c.P; }
 };
 
@@ -175,14 +176,14 @@ static void circuit_backward_one(const Circuit& c, const T* __restrict W, const 
     T* grads = s.grads.data();
     T* D = s.D.data();
     std::fill(grads, grads + (size_t)2 * Q * P, T(0));
-    dots(s.dR(c), R, P, M, VT, K8, s.dU.data());
+    mix(s.dR(c), P, R, M, VT, K8, s.dU.data(), K8);
     const int w0 = first_write(c);
     int g = c.G;
     for (int i = Q - 1; i >= 0; i--) {
         const int ar = c.arity[i], code = c.codes[i];
         if (!ar) continue;
         const int j0 = 2 * (i + 1);
-        mix(s.wt.data(), source_weights(c, W, U, R + i, j0, s.wt.data()), grads + (size_t)j0 * P, P, D);
+        mix(s.wt.data(), 0, 1, source_weights(c, W, U, R + i, j0, s.wt.data()), grads + (size_t)j0 * P, P, D, P);
         const T* A = AB + (size_t)(2 * i) * P;
         const T* B = AB + (size_t)(2 * i + ar - 1) * P;
         T* dA = grads + (size_t)(2 * i) * P;
@@ -220,9 +221,10 @@ static void circuit_backward_one(const Circuit& c, const T* __restrict W, const 
             gate_backward(code, M, A, B, D, dA, dB);
         }
     }
-    for (int k = 0; k < R; k++)        // the registers before the step, from everything that read them
-        mix(s.wt.data(), source_weights(c, W, U, k, 0, s.wt.data()), grads, P, s.dV.data() + (size_t)k * P);
-    dots(grads, 2 * Q, P, M, VT, K8, s.dW.data());
+    const int nw = 2 * Q + R;          // the registers before the step, from everything that read them
+    for (int k = 0; k < R; k++) source_weights(c, W, U, k, 0, s.wt.data() + (size_t)k * nw);
+    mix(s.wt.data(), nw, R, nw, grads, P, s.dV.data(), P);
+    mix(grads, P, 2 * Q, M, VT, K8, s.dW.data(), K8);
 }
 
 template <typename T>

@@ -108,7 +108,7 @@ struct Scratch {
     std::vector<T> x[3], y[3], dO, d0, dY, dX, tmp, lstm, V;
     CircuitScratch<T> circuit;
     Scratch(const Net& net, const Circuit& c)
-        : tmp(c.P), lstm((size_t)6 * net.H), V((size_t)c.K * c.P), circuit(c) {
+        : tmp((size_t)c.R * c.P), lstm((size_t)6 * net.H), V((size_t)c.K * c.P), circuit(c) {
         for (int l = 0; l < 3; l++) {
             x[l].assign((size_t)EB * net.in[l], T(0));
             y[l].assign((size_t)EB * net.out[l], T(0));

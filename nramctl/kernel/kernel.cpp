@@ -23,7 +23,7 @@ static void forward(const T* arg_logits_, const T* reg_logits_, const T* regs_, 
     const int K = c.K, P = c.P;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        std::vector<T> tmp(P), V((size_t)K * P);
+        std::vector<T> tmp((size_t)R * P), V((size_t)K * P);
 #pragma omp for schedule(static)
         for (int n = 0; n < N; n++) {
             T* W = W_ + (size_t)n * Q * 2 * K;
