@@ -8,7 +8,12 @@
 #pragma once
 #include "circuit.h"
 
-constexpr int EB = 8;    // examples of one seed whose controller rows are multiplied together
+// EB: examples of one seed whose controller rows are multiplied together (see rows_matmul's tiles)
+#if defined(__AVX512F__)
+constexpr int EB = 8;
+#else
+constexpr int EB = 12;
+#endif
 
 // Y[e, j] = bias[j] + sum_k X[e, k] W[k, j] for e < ne, with W [in, out] row-major. X must hold EB
 // rows (what the rows from ne on hold may be computed and dropped).
@@ -31,16 +36,16 @@ static void rows_matmul(int ne, const T* X, int ldx, const T* W, const T* bias, 
 // float: the same with GCC/Clang vector types of the machine's SIMD width (VW floats), in register
 // tiles of TILE_RB examples x TILE_CB vectors whose accumulators, with the tile's vectors of W and one
 // broadcast of X, stay in registers while W's rows stream past once per tile. A tile of 8 x 16 floats
-// on every machine, as before, spilled on AVX2 (16 vector registers) and ran this product at a third
-// of the speed. Measured on AVX2 (the eight-seed training step, docs/RESULTS.md): 8 x 1 vectors best,
-// 4 x 2, 4 x 3 and 2 x 4 3-5% slower. Every output is bias + sum_k X[e, k] W[k, j] in k order whatever
-// the tile, so all tiles give the same bits.
+// on every machine (as before) spilled on AVX2, whose 16 vector registers hold 8 x 2 accumulators and
+// nothing else, and ran this product at a third of the speed. Measured on AVX2 (the eight-seed
+// training step, docs/RESULTS.md): 6 x 2 vectors (blocks of 12 examples) 2-3% faster than 8 x 1,
+// which beat 4 x 2, 4 x 3 and 2 x 4 by 3-5%; AVX-512 keeps its 8 x 1 (of 16 floats). Every output is
+// bias + sum_k X[e, k] W[k, j] in k order whatever the tile, so all tiles give the same bits.
 #if defined(__AVX512F__)
-constexpr int VW = 16;
+constexpr int VW = 16, TILE_RB = 8, TILE_CB = 1;
 #else
-constexpr int VW = 8;
+constexpr int VW = 8, TILE_RB = 6, TILE_CB = 2;
 #endif
-constexpr int TILE_RB = 8, TILE_CB = 1;
 typedef float vfloat __attribute__((vector_size(4 * VW)));
 typedef float vfloat_u __attribute__((vector_size(4 * VW), aligned(4)));
 
