@@ -51,7 +51,7 @@ def bench_train(batch=32, M=20, T=20, R=4, hidden=64, controller="lstm", seeds=1
     dt = (time.perf_counter() - t0) / steps
     return {"batch": batch, "M": M, "T": T, "R": R, "hidden": hidden, "controller": controller,
             "seeds": seeds, "gates": len(PAPER_GATES), "steps": steps, "threads": torch.get_num_threads(),
-            "circuit": native.backend(),
+            "circuit": native.backend(), "cpu": native.cpu_summary(),
             "seconds_per_step": dt, "example_timesteps_per_s": seeds * batch * T / dt,
             "peak_rss_mb": round(peak_rss_mb(), 1)}
 

@@ -137,9 +137,8 @@ def _load(cxx, flags):
     return lib, None
 
 
-def cpu_identity():
-    """The CPU's model and feature flags as one string (Linux's /proc/cpuinfo), else the processor
-    name Python reports."""
+def _cpuinfo():
+    """The first model name, flags, Features and CPU part of Linux's /proc/cpuinfo (None elsewhere)."""
     try:
         with open("/proc/cpuinfo") as fh:
             keep = {}
@@ -148,9 +147,38 @@ def cpu_identity():
                 name = name.strip()
                 if name in ("model name", "flags", "Features", "CPU part") and name not in keep:
                     keep[name] = value.strip()
-            return " | ".join(f"{k}: {v}" for k, v in sorted(keep.items()))
+            return keep
     except OSError:
+        return None
+
+
+def cpu_identity():
+    """The CPU's model and feature flags as one string (Linux's /proc/cpuinfo), else the processor
+    name Python reports."""
+    keep = _cpuinfo()
+    if keep is None:
         return platform.processor()
+    return " | ".join(f"{k}: {v}" for k, v in sorted(keep.items()))
+
+
+def simd_level(flags):
+    """The widest SIMD extension among a CPU's feature flags, which sets the kernel's vector width
+    (AVX-512: 16 floats; AVX2 and AVX: 8), so that benchmark figures say what they ran on."""
+    have = set(flags.split())
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("asimd", "NEON"),
+                       ("neon", "NEON"), ("sse2", "SSE2")):
+        if flag in have:
+            return name
+    return "no SIMD flags"
+
+
+def cpu_summary():
+    """'model, SIMD level' of this machine (e.g. 'AMD EPYC, AVX2'), for benchmark records."""
+    keep = _cpuinfo()
+    if keep is None:
+        return f"{platform.processor() or platform.machine()}, SIMD unknown"
+    model = keep.get("model name") or keep.get("CPU part") or platform.machine()
+    return f"{model}, {simd_level(keep.get('flags') or keep.get('Features') or '')}"
 
 
 def _remember(failed, cxx, flags, message):

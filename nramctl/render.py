@@ -290,7 +290,8 @@ def bench_table(out):
     rows = out["rows"]
     r0 = rows[0]
     t = Table(title=f"training step: batch {r0['batch']} per seed, T={r0['T']}, R={r0['R']}, H={r0['hidden']}, "
-                    f"{r0['controller']}, {r0['gates']} gates, {r0['circuit']} step")
+                    f"{r0['controller']}, {r0['gates']} gates, {r0['circuit']} step"
+                    + (f"; {r0['cpu']}" if r0.get("cpu") else ""))
     cols = ["M", "threads", "seeds", "example-timesteps/s", "s/step", "peak RSS MB"]
     if "speedup" in r0:
         cols += ["naive ex-ts/s", "speedup"]

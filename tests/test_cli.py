@@ -238,10 +238,21 @@ def test_export_refuses_an_lstm(cli, tmp_path):
 def test_bench_prints_figures():
     r = CliRunner().invoke(app, ["bench", "--steps", "1", "--M", "6", "--T", "3", "--batch", "4", "--json"])
     b = json.loads(r.stdout)
-    assert set(b) >= {"example_timesteps_per_s", "seconds_per_step", "peak_rss_mb", "M", "seeds"}
+    assert set(b) >= {"example_timesteps_per_s", "seconds_per_step", "peak_rss_mb", "M", "seeds", "cpu"}
     r = CliRunner().invoke(app, ["bench", "--discrete", "--M", "100,100000", "--json"])
     d = json.loads(r.stdout)
     assert [row["M"] for row in d["rows"]] == [100, 100000] and d["slowest_over_fastest"] >= 1
+
+
+def test_simd_level_names_the_widest_extension():
+    """Benchmark rows say which SIMD the kernel ran with: the widest of the CPU's flags, whatever order
+    /proc/cpuinfo lists them in."""
+    from nramctl.native import simd_level
+    assert simd_level("fpu sse2 avx fma avx2 bmi2") == "AVX2"
+    assert simd_level("avx512f avx2 sse2 avx512bw") == "AVX-512"
+    assert simd_level("fp asimd evtstrm aes") == "NEON"
+    assert simd_level("fpu sse sse2") == "SSE2" and simd_level("") == "no SIMD flags"
+    assert simd_level("avx512vl avx2") == "AVX2"            # only avx512f means the 512-bit registers
 
 
 def test_reproduce_runs_the_protocol(cli):
