@@ -8,11 +8,12 @@
 #pragma once
 #include "circuit.h"
 
-// EB: examples of one seed whose controller rows are multiplied together (see rows_matmul's tiles)
+// EB: examples of one seed whose controller rows are multiplied together, in register tiles of
+// TILE_RB examples x TILE_CB vectors of VW floats (the machine's SIMD width; rows_matmul<float>)
 #if defined(__AVX512F__)
-constexpr int EB = 8;
+constexpr int EB = 8, VW = 16, TILE_RB = 8, TILE_CB = 1;
 #else
-constexpr int EB = 12;
+constexpr int EB = 12, VW = 8, TILE_RB = 6, TILE_CB = 2;
 #endif
 
 // Y[e, j] = bias[j] + sum_k X[e, k] W[k, j] for e < ne, with W [in, out] row-major. X must hold EB
@@ -41,11 +42,6 @@ static void rows_matmul(int ne, const T* X, int ldx, const T* W, const T* bias, 
 // training step, docs/RESULTS.md): 6 x 2 vectors (blocks of 12 examples) 2-3% faster than 8 x 1,
 // which beat 4 x 2, 4 x 3 and 2 x 4 by 3-5%; AVX-512 keeps its 8 x 1 (of 16 floats). Every output is
 // bias + sum_k X[e, k] W[k, j] in k order whatever the tile, so all tiles give the same bits.
-#if defined(__AVX512F__)
-constexpr int VW = 16, TILE_RB = 8, TILE_CB = 1;
-#else
-constexpr int VW = 8, TILE_RB = 6, TILE_CB = 2;
-#endif
 typedef float vfloat __attribute__((vector_size(4 * VW)));
 typedef float vfloat_u __attribute__((vector_size(4 * VW), aligned(4)));
 
