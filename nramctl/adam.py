@@ -4,10 +4,16 @@ state_dict layout as `torch.optim.Adam` with its defaults, so checkpoints move b
 Why not torch.optim.Adam itself: its first use imports torch._dynamo, about 1.5 s of every short
 `nramctl train` (a third of Access's time to a solved model). `tests/test_train.py` checks the two
 give bit-identical parameters.
+
+Where the compiled kernel is built, the moments and the step are one pass each of the kernel, in the
+same rounding as torch's tensor operations; the square root stays torch's (see kernel.cpp).
 """
+import ctypes
 import math
 
 import torch
+
+from . import native
 
 
 class Adam:
@@ -32,15 +38,26 @@ class Adam:
                                            "exp_avg_sq": torch.zeros_like(p)})
             st["step"] += 1
             g, m, v = p.grad, st["exp_avg"], st["exp_avg_sq"]
-            m.lerp_(g, 1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
             t = st["step"].item()
+            fast = native.usable(p, g, m, v) and all(x.is_contiguous() for x in (p, g, m, v))
+            threads = native.threads(p.numel(), 1 << 16)
+            if fast:
+                native.function("adam_moments", p.dtype)(*map(native.address, (g, m, v)), p.numel(), b1, b2, threads)
+            else:
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
             denom = self._scratch(i, p)        # v.sqrt() without a fresh allocation each step
             torch.sqrt(v, out=denom)
+            rate = (self.lr / (1 - b1 ** t)).to(p.dtype) if torch.is_tensor(self.lr) else None
+            if fast:
+                per = p.numel() // (1 if rate is None else rate.numel())
+                native.function("adam_apply", p.dtype)(
+                    *map(native.address, (p, m, denom)), p.numel(), per, native.address(rate),
+                    0.0 if rate is not None else -self.lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t), self.eps, threads)
+                continue
             denom.div_(math.sqrt(1 - b2 ** t)).add_(self.eps)
-            if torch.is_tensor(self.lr):         # one rate per seed (leading axis): exploit/explore
-                rate = (self.lr / (1 - b1 ** t)).to(p.dtype).view(-1, *[1] * (p.dim() - 1))
-                p.sub_(torch.div(m, denom, out=denom).mul_(rate))   # (m / denom) * rate, in place
+            if rate is not None:               # one rate per seed (leading axis): exploit/explore
+                p.sub_(torch.div(m, denom, out=denom).mul_(rate.view(-1, *[1] * (p.dim() - 1))))
             else:
                 p.addcdiv_(m, denom, value=-self.lr / (1 - b1 ** t))
 

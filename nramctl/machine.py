@@ -185,30 +185,34 @@ def fuzzy_run(model, batch, clip_c=None, renorm=True, eps=1e-6, trace=False, ent
         return _streamed_run(model, batch, renorm, eps, need_loss)
     state = model.initial_state(batch.memory)
     y, T = batch.target[:, :, None], batch.T
-    stops, lls, memories, args_ws, regs_ws = [], [], [], [], []
     steps = [] if trace else None
     unroll = _unroll(model, batch, eps, grad=True) if not trace else None
-    for t in range(int(T.max())):
-        if dropout is not None and t > 0:
-            h, c = state.ctl
-            state = state._replace(ctl=(h * dropout.view_as(h), c))
-        before = state
-        state, out = step(model, state, clip_c, renorm, trace, unroll)
-        stops.append(out.stop)
-        lls.append(out.ll if out.ll is not None else log_likelihood(state.memory, y, batch.mask, eps))
-        memories.append(state.memory.detach())
-        if entropy_bonus:
-            args_ws.append(out.weights[0])
-            regs_ws.append(out.weights[1])
-        if trace:
-            steps.append((before, out, state))
-    stops = torch.stack(stops)                                        # [T, N]
-    loss = -(halting(stops, T) * torch.stack(lls)).sum(0)
+    if unroll is not None:                     # every timestep in the kernel, one autograd node
+        stops, lls, args_w, regs_w, memories = fused.run(unroll, state, clip_c, renorm, dropout)
+    else:
+        stops, lls, memories, args_ws, regs_ws = [], [], [], [], []
+        for t in range(int(T.max())):
+            if dropout is not None and t > 0:
+                h, c = state.ctl
+                state = state._replace(ctl=(h * dropout.view_as(h), c))
+            before = state
+            state, out = step(model, state, clip_c, renorm, trace)
+            stops.append(out.stop)
+            lls.append(log_likelihood(state.memory, y, batch.mask, eps))
+            memories.append(state.memory.detach())
+            if entropy_bonus:
+                args_ws.append(out.weights[0])
+                regs_ws.append(out.weights[1])
+            if trace:
+                steps.append((before, out, state))
+        stops, lls = torch.stack(stops), torch.stack(lls)                 # [T, N]
+        args_w, regs_w = (torch.stack(args_ws), torch.stack(regs_ws)) if entropy_bonus else (None, None)
+    loss = -(halting(stops, T) * lls).sum(0)
     h = None
     if entropy_bonus:
         alive = (torch.arange(len(stops))[:, None] < T).to(stops.dtype)  # [T, N]
         used = (model.arity[:, None] > torch.arange(2)[None, :]).to(stops.dtype)
-        h = (entropy(torch.stack(args_ws), eps) * used).sum((2, 3)) + entropy(torch.stack(regs_ws), eps).sum(2)
+        h = (entropy(args_w, eps) * used).sum((2, 3)) + entropy(regs_w, eps).sum(2)
         h = (h * alive).sum(0)
     halt = halt_step(stops.detach(), T)
     pred = torch.empty_like(batch.memory)

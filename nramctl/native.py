@@ -132,8 +132,10 @@ def _load(cxx, flags):
     for s in _SUFFIX.values():
         getattr(lib, f"circuit_forward_{s}").argtypes = [p] * 11 + [i] * 5 + [p] * 3 + [i] * 2
         getattr(lib, f"circuit_backward_{s}").argtypes = [p] * 10 + [d] + [p] * 4 + [i] * 5 + [p] * 2 + [i]
-        getattr(lib, f"step_forward_{s}").argtypes = [p, p, d]
-        getattr(lib, f"step_backward_{s}").argtypes = [p, p, d, d]
+        getattr(lib, f"span_forward_{s}").argtypes = [p, p, i, i, d]
+        getattr(lib, f"span_backward_{s}").argtypes = [p, p, i, i, d, d]
+        getattr(lib, f"adam_moments_{s}").argtypes = [p] * 3 + [ctypes.c_long] + [d] * 2 + [i]
+        getattr(lib, f"adam_apply_{s}").argtypes = [p] * 3 + [ctypes.c_long] * 2 + [p] + [d] * 3 + [i]
     return lib, None
 
 

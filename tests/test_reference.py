@@ -173,13 +173,15 @@ def _run_and_grads(model, batch, entropy, dropout=None):
 @pytest.mark.parametrize("kind", ["mlp", "lstm"])
 @pytest.mark.parametrize("R, names, hidden", [(4, None, 8), (2, ["READ", "INC", "WRITE"], 40)])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-def test_fused_step_equals_pytorch_step(kind, R, names, hidden, dtype, tol, monkeypatch):
+@pytest.mark.parametrize("dropout", [False, True])
+def test_fused_step_equals_pytorch_step(kind, R, names, hidden, dtype, tol, dropout, monkeypatch):
     """The whole timestep in the kernel (`fused.py`: controller, head with only the used columns,
     circuit, stop, log-likelihood; weight gradients from one product per layer) against the same run
     as PyTorch ops: loss, entropy, predictions and every parameter's gradient. Three seeds of five
     examples, so blocks of examples end at seed boundaries; a hidden size larger than the head's
-    used columns; the clip and the entropy bonus (gradients into the softmax weights) on; the LSTM
-    with recurrent dropout (its hidden state masked between the kernel's steps)."""
+    used columns; the clip and the entropy bonus (gradients into the softmax weights) on. The kernel
+    runs all timesteps in one call each way, or, for the LSTM with recurrent dropout (its hidden
+    state masked between timesteps), one call a timestep."""
     from nramctl import fused, native
     from nramctl.gates import PAPER_GATES
     if native.library() is None:
@@ -189,7 +191,7 @@ def test_fused_step_equals_pytorch_step(kind, R, names, hidden, dtype, tol, monk
     batch = make_batch("copy", 9, [1, 2, 3, 4, 2] * 3, np.random.default_rng(1), "2*n+1")
     assert fused.applies(model, model.arg_mask)
     drop = torch.bernoulli(torch.full((15, hidden), 0.7), generator=torch.Generator().manual_seed(2))
-    drop = (drop / 0.7).to(dtype) if kind == "lstm" else None
+    drop = (drop / 0.7).to(dtype) if kind == "lstm" and dropout else None
     results = []
     for lib in (native.library(), False):
         monkeypatch.setattr(native, "_lib", lib)

@@ -227,16 +227,19 @@ def test_a_polishing_seed_is_judged_with_its_stage_of_extra_steps(monkeypatch):
 
 
 def test_adam_matches_torch_optim_adam_bit_for_bit():
-    """nramctl's Adam (no torch._dynamo import) against torch.optim.Adam: same parameters after 20
-    steps of random gradients, and a state_dict either one loads."""
+    """nramctl's Adam (no torch._dynamo import; the kernel's passes where it is built) against
+    torch.optim.Adam: same parameters after 20 steps of random gradients, and a state_dict either one
+    loads. One parameter is large enough for torch's vectorized loops and MKL's square root, whose
+    last bits a correctly rounded square root does not match."""
     from nramctl.adam import Adam
     g = torch.Generator().manual_seed(0)
-    ours = [torch.nn.Parameter(torch.randn(3, 4, generator=g)), torch.nn.Parameter(torch.randn(5, generator=g))]
+    ours = [torch.nn.Parameter(torch.randn(3, 4, generator=g)), torch.nn.Parameter(torch.randn(5, generator=g)),
+            torch.nn.Parameter(torch.randn(8, 64, 301, generator=g))]
     ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     a, b = Adam(ours, lr=3e-3), torch.optim.Adam(ref, lr=3e-3)
     for _ in range(20):
         for p, q in zip(ours, ref):
-            p.grad = torch.randn(p.shape, generator=g)
+            p.grad = torch.randn(p.shape, generator=g) * 3
             q.grad = p.grad.clone()
         a.step()
         b.step()
@@ -246,3 +249,27 @@ def test_adam_matches_torch_optim_adam_bit_for_bit():
     c.load_state_dict(b.state_dict())
     assert c.lr == 3e-3 and torch.equal(c.state[1]["exp_avg_sq"], b.state[ref[1]]["exp_avg_sq"])
     torch.optim.Adam(ref, lr=1.0).load_state_dict(a.state_dict())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adam_with_a_rate_per_seed_is_the_same_in_the_kernel_and_in_torch(dtype, monkeypatch):
+    """Per-seed learning rates (exploit/explore): the kernel's passes against the tensor operations
+    (the kernel switched off), bit for bit, over seeds whose blocks do not fill whole vectors."""
+    from nramctl import native
+    from nramctl.adam import Adam
+    g = torch.Generator().manual_seed(1)
+    ours = [torch.nn.Parameter(torch.randn(6, 37, 29, generator=g, dtype=dtype))]
+    ref = [torch.nn.Parameter(ours[0].detach().clone())]
+    lr = torch.tensor([1e-3, 3e-3, 1e-2, 3e-2, 1e-4, 3e-3], dtype=torch.float64)
+    a, b = Adam(ours, lr=lr), Adam(ref, lr=lr)
+    usable = native.usable
+    for _ in range(15):
+        ours[0].grad = torch.randn(ours[0].shape, generator=g, dtype=dtype)
+        ref[0].grad = ours[0].grad.clone()
+        a.step()
+        monkeypatch.setattr(native, "usable", lambda *t: False)
+        b.step()
+        monkeypatch.setattr(native, "usable", usable)
+    assert torch.equal(ours[0], ref[0])
+    assert torch.equal(a.state[0]["exp_avg"], b.state[0]["exp_avg"])
+    assert torch.equal(a.state[0]["exp_avg_sq"], b.state[0]["exp_avg_sq"])

@@ -123,6 +123,63 @@ static void step_backward(const int* v, void** p, double clipc, double eps) {
     fused_backward<T>(net, c, a, N, (T)clipc, (T)eps, threads);
 }
 
+// A span of timesteps in one call: row i of `table` ([n, slots] pointers) holds timestep t0 + i's
+// pointers in the order above; forward from the first timestep, backward from the last (v[13] = t0).
+template <typename T>
+static void span_forward(int* v, void** table, int slots, int n, double eps) {
+    const int t0 = v[13];
+    for (int i = 0; i < n; i++) {
+        v[13] = t0 + i;
+        step_forward<T>(v, table + (size_t)i * slots, eps);
+    }
+}
+
+template <typename T>
+static void span_backward(int* v, void** table, int slots, int n, double clipc, double eps) {
+    const int t0 = v[13];
+    for (int i = n - 1; i >= 0; i--) {
+        v[13] = t0 + i;
+        step_backward<T>(v, table + (size_t)i * slots, clipc, eps);
+    }
+}
+
+// Adam's update of one parameter tensor in torch.optim.Adam's arithmetic, in two passes around the
+// square root of the second moment, which stays torch's (MKL's, not correctly rounded: a square root
+// here would change the last bit of 14% of the denominators): the moments, then the step. Each of
+// torch's tensor operations rounds to T, its lerp (the first moment) and addcmul (the second) fuse a
+// multiply and an add as ATen's kernels do, and nothing else may be fused (fp-contract=off), so the
+// parameters come out bit for bit as torch's (tests/test_train.py).
+template <typename T>
+__attribute__((optimize("fp-contract=off")))
+static void adam_moments(const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v, long n, double b1, double b2, int threads) {
+    const T w = T(1 - b1), decay = T(b2), mix = T(1 - b2);
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+    for (long i = 0; i < n; i++) {
+        m[i] = std::fma(w, g[i] - m[i], m[i]);
+        v[i] = std::fma(mix * g[i], g[i], v[i] * decay);
+    }
+}
+
+// p -= lr_t m / (sqrt(v) / bias2 + eps), `root` holding sqrt(v); `rate` (one per block of `per` entries:
+// per-seed learning rates) replaces the scalar step -lr / (1 - b1^t).
+template <typename T>
+__attribute__((optimize("fp-contract=off")))
+static void adam_apply(T* __restrict__ p, const T* __restrict__ m, const T* __restrict__ root, long n, long per, const T* rate, double step,
+                       double bias2, double eps, int threads) {
+    const T c = T(bias2), e = T(eps), s = T(step);
+    const long blocks = (n + per - 1) / per;
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+    for (long b = 0; b < blocks; b++) {
+        const long end = std::min(n, (b + 1) * per);
+        if (rate) {
+            const T r = rate[b];
+            for (long i = b * per; i < end; i++) p[i] = p[i] - (m[i] / (root[i] / c + e)) * r;
+        } else {
+            for (long i = b * per; i < end; i++) p[i] = p[i] + (s * m[i]) / (root[i] / c + e);
+        }
+    }
+}
+
 extern "C" {
 #define NRAM_EXPORT(T, suffix)                                                                        \
     void circuit_forward_##suffix(const T* arg_logits, const T* reg_logits, const T* regs,            \
@@ -140,11 +197,18 @@ extern "C" {
         backward<T>(W, U, V, AB, saved, mem_in, d_regs, d_mem_out, d_W, d_U, (T)c, d_arg_logits,               \
                     d_reg_logits, d_regs_in, d_mem, N, R, Q, M, G, codes, arity, threads);             \
     }                                                                                                  \
-    void step_forward_##suffix(const int* ints, void** ptrs, double eps) {                             \
-        step_forward<T>(ints, ptrs, eps);                                                              \
+    void span_forward_##suffix(int* ints, void** table, int slots, int n, double eps) {                \
+        span_forward<T>(ints, table, slots, n, eps);                                                   \
     }                                                                                                  \
-    void step_backward_##suffix(const int* ints, void** ptrs, double clip, double eps) {               \
-        step_backward<T>(ints, ptrs, clip, eps);                                                       \
+    void span_backward_##suffix(int* ints, void** table, int slots, int n, double clip, double eps) {  \
+        span_backward<T>(ints, table, slots, n, clip, eps);                                            \
+    }                                                                                                  \
+    void adam_moments_##suffix(const T* g, T* m, T* v, long n, double b1, double b2, int threads) {     \
+        adam_moments<T>(g, m, v, n, b1, b2, threads);                                                 \
+    }                                                                                                  \
+    void adam_apply_##suffix(T* p, const T* m, const T* root, long n, long per, const T* rate,          \
+                             double step, double bias2, double eps, int threads) {                    \
+        adam_apply<T>(p, m, root, n, per, rate, step, bias2, eps, threads);                            \
     }
 NRAM_EXPORT(float, f32)
 NRAM_EXPORT(double, f64)
