@@ -41,6 +41,11 @@ class ModelConfig:
     # A positive value (4: about 3/4 of the weight with 14 gates) makes registers hold their values by
     # default, as an LSTM's forget-gate bias does, so a counter or pointer survives across steps.
     keep_bias: Optional[float] = None
+    # The head's initial weights and biases are drawn as every layer's, U(-1/sqrt(H), 1/sqrt(H)), then
+    # multiplied by this: the logits' spread, so how sharp the machine's first choices of sources are
+    # (1: near-uniform mixtures of all sources; 3 or more: each seed starts from a sharper random
+    # program). The draws are unchanged, so seed s at 1 is the model it always was.
+    head_scale: float = 1.0
 
 
 @dataclass
@@ -254,7 +259,7 @@ RANGES = [
     ("train.curriculum.threshold", 0, 1), ("train.curriculum.window", 1, 100_000),
     ("train.curriculum.min_batches", 0, 10**9), ("train.curriculum.p_any", 0, 1),
     ("train.curriculum.p_upto", 0, 1), ("train.curriculum.start", 1, 1_000_000), ("model.stop_bias", -100.0, 100.0),
-    ("model.keep_bias", -100.0, 100.0),
+    ("model.keep_bias", -100.0, 100.0), ("model.head_scale", 0.0, 1000.0),
     ("train.noise.eta", 0, 100.0), ("train.noise.gamma", 0, 10.0),
     ("train.entropy.coef", -100.0, 100.0), ("train.entropy.decay", 0, 1), ("train.entropy.start", 0, 10**9),
     ("train.lr_decay", 0, 1), ("train.dropout", 0, 0.9),

@@ -40,14 +40,15 @@ class NRAM(nn.Module):
     """Controller plus circuit description. `seed_values` gives one model per seed (S = len)."""
 
     def __init__(self, R, gates, repeat=1, controller="mlp", hidden=64, seed_values=(0,), stop_bias=None,
-                 keep_bias=None):
+                 keep_bias=None, head_scale=1.0):
         super().__init__()
         self.R, self.gates = R, tuple(gate_sequence(gates, repeat))
         self.gate_names, self.repeat = list(gates), repeat
         self.Q, self.K, self.S = len(self.gates), R + len(self.gates), len(seed_values)
         self.kind, self.hidden = controller, hidden
         n_out = 2 * self.Q * self.K + R * self.K + 1
-        self.controller = build_controller(controller, self.S, R, hidden, n_out, seed_values, stop_bias)
+        self.controller = build_controller(controller, self.S, R, hidden, n_out, seed_values, stop_bias,
+                                           head_scale)
         if keep_bias is not None:       # register r's logit for keeping its old value (source r)
             with torch.no_grad():
                 self.controller.head.bias[:, 0, 2 * self.Q * self.K + torch.arange(R) * (self.K + 1)] = keep_bias

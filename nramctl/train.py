@@ -24,7 +24,7 @@ from .tasks import task
 def build_model(cfg, seed_values=None):
     m = cfg.model
     seeds = seed_values if seed_values is not None else seed_list(cfg)
-    return NRAM(m.R, m.gates, m.repeat, m.controller, m.hidden, seeds, m.stop_bias, m.keep_bias)
+    return NRAM(m.R, m.gates, m.repeat, m.controller, m.hidden, seeds, m.stop_bias, m.keep_bias, m.head_scale)
 
 
 def seed_list(cfg):
