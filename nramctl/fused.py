@@ -29,6 +29,7 @@ wanted; recurrent dropout, which changes the state between timesteps, runs a spa
 path, in float64 and float32.
 """
 import ctypes
+import functools
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -51,8 +52,12 @@ def _layers(model):
 def head_columns(model):
     """The head's columns that are used, in the kernel's order: each gate input's allowed sources
     (gate i: the R registers and gates 0..i-1), then the register logits, then the stop logit."""
-    R, K, Q = model.R, model.K, model.Q
-    cols = [(2 * i + a) * K + k for i, g in enumerate(model.gates) for a in range(g.arity) for k in range(R + i)]
+    return _head_columns(model.R, model.K, model.Q, tuple(g.arity for g in model.gates))
+
+
+@functools.lru_cache(maxsize=None)
+def _head_columns(R, K, Q, arity):
+    cols = [(2 * i + a) * K + k for i, n in enumerate(arity) for a in range(n) for k in range(R + i)]
     n_args = 2 * Q * K
     return torch.tensor(cols + list(range(n_args, n_args + R * K + 1)))
 

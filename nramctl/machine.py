@@ -217,10 +217,9 @@ def fuzzy_run(model, batch, clip_c=None, renorm=True, eps=1e-6, trace=False, ent
         h = (h * alive).sum(0)
     halt = halt_step(stops.detach(), T)
     pred = torch.empty_like(batch.memory)
-    for t, mem in enumerate(memories):                                # argmax only where an example halts
+    for t in halt.unique().tolist():                                  # argmax only where an example halts
         rows = (halt == t).nonzero()[:, 0]
-        if len(rows):
-            pred[rows] = mem[rows].argmax(-1)
+        pred[rows] = memories[t][rows].argmax(-1)
     return RunOut(loss, h, pred, halt, steps)
 
 
