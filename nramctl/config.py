@@ -42,9 +42,10 @@ class ModelConfig:
     # default, as an LSTM's forget-gate bias does, so a counter or pointer survives across steps.
     keep_bias: Optional[float] = None
     # The head's initial weights and biases are drawn as every layer's, U(-1/sqrt(H), 1/sqrt(H)), then
-    # multiplied by this: the logits' spread, so how sharp the machine's first choices of sources are
-    # (1: near-uniform mixtures of all sources; 3 or more: each seed starts from a sharper random
-    # program). The draws are unchanged, so seed s at 1 is the model it always was.
+    # those of the source choices' logits (all but the stop logit) multiplied by this: how sharp the
+    # machine's first choices of sources are (1: near-uniform mixtures of all sources; 10 or more:
+    # each seed starts from a sharp random program). The draws are unchanged, so seed s at 1 is the
+    # model it always was.
     head_scale: float = 1.0
 
 

@@ -83,7 +83,7 @@ CONTROLLERS = {"mlp": MLPController, "lstm": LSTMController}
 def build_controller(kind, seeds, R, hidden, n_out, seed_values, stop_bias=None, head_scale=1.0):
     """A controller with S = len(seed_values) models, seed s initialised from seed_values[s] alone,
     so a model's initial weights do not depend on which other seeds train beside it. `head_scale`
-    multiplies the head's initial weights and biases; `stop_bias` (when not None) is then the initial
+    multiplies the head's initial weights and biases of every logit but the stop logit; `stop_bias` (when not None) is then the initial
     bias of the last logit, the stop logit. The draws are unchanged by either, so every other weight
     is the same as without them."""
     ctl = CONTROLLERS[kind](seeds, R, hidden, n_out)
@@ -92,10 +92,10 @@ def build_controller(kind, seeds, R, hidden, n_out, seed_values, stop_bias=None,
         for layer in ctl.modules():
             if isinstance(layer, SeedLinear):
                 layer.reset(s, g)
-        if head_scale != 1.0:
+        if head_scale != 1.0:              # the source choices' logits; the stop logit as drawn
             with torch.no_grad():
-                ctl.head.weight[s] *= head_scale
-                ctl.head.bias[s] *= head_scale
+                ctl.head.weight[s, :, :-1] *= head_scale
+                ctl.head.bias[s, :, :-1] *= head_scale
         if stop_bias is not None:
             with torch.no_grad():
                 ctl.head.bias[s, 0, -1] = stop_bias

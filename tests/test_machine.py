@@ -158,14 +158,15 @@ def test_stop_bias_moves_the_initial_halting_mass_to_the_last_step(kind):
 
 
 def test_head_scale_sharpens_the_first_choices_and_changes_nothing_else():
-    """model.head_scale multiplies the head's initial draws and no other weight; the controller's
-    first softmaxes are sharper (lower entropy) for it."""
+    """model.head_scale multiplies the head's initial draws but the stop logit's, and no other
+    weight; the controller's first softmaxes are sharper (lower entropy) for it."""
     b = make_batch("copy", 9, [4, 4, 4, 4], np.random.default_rng(0), "2*n+1")
     plain = NRAM(3, GATES, controller="lstm", hidden=8, seed_values=[0, 1])
     sharp = NRAM(3, GATES, controller="lstm", hidden=8, seed_values=[0, 1], head_scale=4.0)
     moved = [n for (n, p), q in zip(plain.named_parameters(), sharp.parameters()) if not torch.equal(p, q)]
     assert moved == ["controller.head.weight", "controller.head.bias"]
-    assert torch.allclose(sharp.controller.head.weight, 4 * plain.controller.head.weight)
+    assert torch.allclose(sharp.controller.head.weight[:, :, :-1], 4 * plain.controller.head.weight[:, :, :-1])
+    assert torch.equal(sharp.controller.head.weight[:, :, -1], plain.controller.head.weight[:, :, -1])
     with torch.no_grad():
         ents = [fuzzy_run(m, b, trace=True, entropy_bonus=True).entropy for m in (plain, sharp)]
     assert (ents[1] < ents[0]).all()
