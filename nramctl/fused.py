@@ -298,8 +298,10 @@ def run(unroll, state, clip_c, renorm, dropout=None):
         spans.append(out)
         regs, mem, h, c = out.regs, out.mem, out.h, out.c
     memories = [m for s in spans for m in (*s.mems, s.mem.detach())]     # the inner ones need no grad
-    cat = lambda key: torch.cat([getattr(s, key) for s in spans]) if len(spans) > 1 else getattr(spans[0], key)
-    return cat("f"), cat("ll"), cat("args_w"), cat("regs_w"), memories
+
+    def whole(key):                            # [T, ...] over the spans
+        return torch.cat([getattr(s, key) for s in spans]) if len(spans) > 1 else getattr(spans[0], key)
+    return whole("f"), whole("ll"), whole("args_w"), whole("regs_w"), memories
 
 
 def step(unroll, state, t, clip_c, renorm):
