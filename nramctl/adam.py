@@ -8,7 +8,6 @@ give bit-identical parameters.
 Where the compiled kernel is built, the moments and the step are one pass each of the kernel, in the
 same rounding as torch's tensor operations; the square root stays torch's (see kernel.cpp).
 """
-import ctypes
 import math
 
 import torch

@@ -83,9 +83,9 @@ CONTROLLERS = {"mlp": MLPController, "lstm": LSTMController}
 def build_controller(kind, seeds, R, hidden, n_out, seed_values, stop_bias=None, head_scale=1.0):
     """A controller with S = len(seed_values) models, seed s initialised from seed_values[s] alone,
     so a model's initial weights do not depend on which other seeds train beside it. `head_scale`
-    multiplies the head's initial weights and biases of every logit but the stop logit; `stop_bias` (when not None) is then the initial
-    bias of the last logit, the stop logit. The draws are unchanged by either, so every other weight
-    is the same as without them."""
+    multiplies the head's initial weights and biases of every logit but the stop logit; `stop_bias`
+    (when not None) is then the initial bias of the last logit, the stop logit. The draws are
+    unchanged by either, so every other weight is the same as without them."""
     ctl = CONTROLLERS[kind](seeds, R, hidden, n_out)
     for s, value in enumerate(seed_values):
         g = torch.Generator().manual_seed(int(value))

@@ -107,7 +107,7 @@ class Unroll:
             self.rows = 0
             self.X = self.D = [None] * 3
         self.went_back = set()                 # timesteps whose backward has run
-        self.pending = 0                       # timesteps run forward whose backward has not come
+        self.pending = 0                       # spans run forward whose backward has not come
         self.plan = native.plan(model.gates)
         self.fn_forward = native.function("span_forward", dtype)
         self.fn_backward = native.function("span_backward", dtype) if grad else None
