@@ -19,6 +19,9 @@ class Adam:
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         self.params = list(params)
         self.lr, self.betas, self.eps = lr, tuple(betas), eps
+        # per seed (leading axis), the step count at which its moments began (None: all with the
+        # first step): a restarted seed's bias corrections count from its own first step
+        self.starts = None
         self.state = {}
         self._buffers = {}
 
@@ -47,18 +50,32 @@ class Adam:
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
             denom = self._scratch(i, p)        # v.sqrt() without a fresh allocation each step
             torch.sqrt(v, out=denom)
-            rate = (self.lr / (1 - b1 ** t)).to(p.dtype) if torch.is_tensor(self.lr) else None
+            rate, root2 = None, None
+            if self.starts is not None:        # one step count per seed
+                ts = t - self.starts
+                rate = (self.lr / (1 - b1 ** ts)).to(p.dtype)
+                root2 = torch.sqrt(1 - b2 ** ts).to(p.dtype)
+            elif torch.is_tensor(self.lr):
+                rate = (self.lr / (1 - b1 ** t)).to(p.dtype)
             if fast:
                 per = p.numel() // (1 if rate is None else rate.numel())
                 native.function("adam_apply", p.dtype)(
                     *map(native.address, (p, m, denom)), p.numel(), per, native.address(rate),
-                    0.0 if rate is not None else -self.lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t), self.eps, threads)
+                    0.0 if rate is not None else -self.lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t),
+                    native.address(root2), self.eps, threads)
                 continue
-            denom.div_(math.sqrt(1 - b2 ** t)).add_(self.eps)
+            if root2 is not None:
+                denom.div_(root2.view(-1, *[1] * (p.dim() - 1))).add_(self.eps)
+            else:
+                denom.div_(math.sqrt(1 - b2 ** t)).add_(self.eps)
             if rate is not None:               # one rate per seed (leading axis): exploit/explore
                 p.sub_(torch.div(m, denom, out=denom).mul_(rate.view(-1, *[1] * (p.dim() - 1))))
             else:
                 p.addcdiv_(m, denom, value=-self.lr / (1 - b1 ** t))
+
+    def steps(self):
+        """Updates made so far (every parameter takes each one)."""
+        return max((int(st["step"]) for st in self.state.values()), default=0)
 
     def _scratch(self, i, p):
         """A buffer shaped as parameter i, kept between steps: allocating the square roots afresh

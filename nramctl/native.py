@@ -135,7 +135,7 @@ def _load(cxx, flags):
         getattr(lib, f"span_forward_{s}").argtypes = [p, p, i, i, d]
         getattr(lib, f"span_backward_{s}").argtypes = [p, p, i, i, d, d]
         getattr(lib, f"adam_moments_{s}").argtypes = [p] * 3 + [ctypes.c_long] + [d] * 2 + [i]
-        getattr(lib, f"adam_apply_{s}").argtypes = [p] * 3 + [ctypes.c_long] * 2 + [p] + [d] * 3 + [i]
+        getattr(lib, f"adam_apply_{s}").argtypes = [p] * 3 + [ctypes.c_long] * 2 + [p] + [d] * 2 + [p, d, i]
     return lib, None
 
 

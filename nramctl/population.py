@@ -16,7 +16,7 @@ import torch
 
 PER_SEED_LISTS = ("seeds", "curricula", "data_rngs", "noise_gens", "best_error", "best_step", "solved_step",
                   "nonfinite", "solved_seconds", "lrs", "lineage", "last_improved", "polish_stage",
-                  "exact_extra")
+                  "exact_extra", "adam_start")
 
 
 def _pick_tensor(v, idx):

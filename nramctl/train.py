@@ -43,6 +43,7 @@ class Trainer:
         self.S = len(self.seeds)
         self.model = build_model(cfg, self.seeds)
         self.lrs = [tr.lr] * self.S                   # per seed: exploit/explore perturbs them
+        self.adam_start = [0] * self.S                # per seed: Adam's step count when its moments began
         self.opt = Adam(self.model.parameters(), lr=tr.lr)
         lo, hi = self.task.min_difficulty, cfg.difficulty
         self.curricula = [Curriculum(tr.curriculum, lo, hi) for _ in self.seeds]
@@ -303,6 +304,7 @@ class Trainer:
         one = Trainer(self.cfg, [new]).state_dict()
         place(state, s, one, keys=("model", "optimizer", "best", *PER_SEED_LISTS))
         state["last_improved"][s] = self.step
+        state["adam_start"][s] = self.opt.steps()    # fresh moments: a fresh Adam's bias corrections
         self.load_state_dict(state)
         return new
 
@@ -312,7 +314,7 @@ class Trainer:
         state = self.state_dict()
         one = subset(state, [src])
         one["curricula"] = [dict(one["curricula"][0])]
-        place(state, dst, one, keys=("model", "optimizer", "curricula", "best"))
+        place(state, dst, one, keys=("model", "optimizer", "curricula", "best", "adam_start"))
         state["lrs"][dst] = state["lrs"][src] * factor
         state["lineage"][dst] = state["lineage"][dst] + [[self.step, self.seeds[src]]]
         state["last_improved"][dst] = self.step
@@ -347,6 +349,7 @@ class Trainer:
         lrs = [lr * tr.lr_decay ** self.step for lr in self.lrs] if tr.lr_decay != 1 else self.lrs
         self.opt.lr = (lrs[0] if lrs else tr.lr) if len(set(lrs)) <= 1 else \
             torch.tensor(lrs, dtype=torch.float64)
+        self.opt.starts = torch.tensor(self.adam_start, dtype=torch.float64) if any(self.adam_start) else None
 
     # ---- the loop ------------------------------------------------------------------------
     def _reset_log(self):
@@ -420,7 +423,7 @@ class Trainer:
             "noise_gens": [g.get_state() for g in self.noise_gens],
             "best_error": list(self.best_error), "best_step": list(self.best_step),
             "solved_step": list(self.solved_step), "solved_seconds": list(self.solved_seconds),
-            "lrs": list(self.lrs), "lineage": [list(x) for x in self.lineage],
+            "lrs": list(self.lrs), "adam_start": list(self.adam_start), "lineage": [list(x) for x in self.lineage],
             "last_improved": list(self.last_improved), "retired": list(self.retired),
             "best_params": self.best_params, "nonfinite": list(self.nonfinite),
             "polish_stage": list(self.polish_stage), "exact_extra": list(self.exact_extra),
@@ -438,6 +441,7 @@ class Trainer:
         self.retired = list(d.get("retired", []))
         self.solved_seconds = list(d.get("solved_seconds", [None] * S))
         self.lrs = [float(x) for x in d.get("lrs", [self.cfg.train.lr] * S)]
+        self.adam_start = [int(x) for x in d.get("adam_start", [0] * S)]
         self.lineage = [list(x) for x in d.get("lineage", [[] for _ in range(S)])]
         self.last_improved = list(d.get("last_improved", [0] * S))
         self.model.load_state_dict(d["model"])

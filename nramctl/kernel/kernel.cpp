@@ -161,16 +161,18 @@ static void adam_moments(const T* __restrict__ g, T* __restrict__ m, T* __restri
 }
 
 // p -= lr_t m / (sqrt(v) / bias2 + eps), `root` holding sqrt(v); `rate` (one per block of `per` entries:
-// per-seed learning rates) replaces the scalar step -lr / (1 - b1^t).
+// per-seed learning rates) replaces the scalar step -lr / (1 - b1^t), and `bias2s` (per block too, with
+// `rate`: seeds whose step counts differ) the scalar bias2.
 template <typename T>
 __attribute__((optimize("fp-contract=off")))
 static void adam_apply(T* __restrict__ p, const T* __restrict__ m, const T* __restrict__ root, long n, long per, const T* rate, double step,
-                       double bias2, double eps, int threads) {
-    const T c = T(bias2), e = T(eps), s = T(step);
+                       double bias2, const T* bias2s, double eps, int threads) {
+    const T e = T(eps), s = T(step);
     const long blocks = (n + per - 1) / per;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (long b = 0; b < blocks; b++) {
         const long end = std::min(n, (b + 1) * per);
+        const T c = bias2s ? bias2s[b] : T(bias2);
         if (rate) {
             const T r = rate[b];
             for (long i = b * per; i < end; i++) p[i] = p[i] - (m[i] / (root[i] / c + e)) * r;
@@ -207,8 +209,8 @@ extern "C" {
         adam_moments<T>(g, m, v, n, b1, b2, threads);                                                 \
     }                                                                                                  \
     void adam_apply_##suffix(T* p, const T* m, const T* root, long n, long per, const T* rate,          \
-                             double step, double bias2, double eps, int threads) {                    \
-        adam_apply<T>(p, m, root, n, per, rate, step, bias2, eps, threads);                            \
+                             double step, double bias2, const T* bias2s, double eps, int threads) {   \
+        adam_apply<T>(p, m, root, n, per, rate, step, bias2, bias2s, eps, threads);                    \
     }
 NRAM_EXPORT(float, f32)
 NRAM_EXPORT(double, f64)
