@@ -101,11 +101,18 @@ def test_restart_gives_a_fresh_seed_and_counts_the_attempt():
     assert all(torch.count_nonzero(st["exp_avg"][2]) == 0 for st in tr.opt.state.values())
 
 
-def test_a_restarted_seed_trains_as_the_same_seed_started_alone():
+@pytest.mark.parametrize("kernel", [True, False])
+def test_a_restarted_seed_trains_as_the_same_seed_started_alone(kernel, monkeypatch):
     """After a restart the new seed's update is a fresh Adam's (its bias corrections count from its
     own first step, not the run's): its weights after one step equal seed 4's trained alone, to
     float32 rounding (the per-seed path multiplies in another order: 1.5e-8 apart). With the run's
-    step count (7 here) the update was half a fresh Adam's, 1.5e-3 apart; after a long run, 2.8 times."""
+    step count (7 here) the update was half a fresh Adam's, 1.5e-3 apart; after a long run, 2.8 times.
+    With the compiled kernel's Adam and with torch's tensor operations."""
+    from nramctl import native
+    if not kernel:
+        monkeypatch.setattr(native, "_lib", False)
+    elif native.library() is None:
+        pytest.skip("no C++ compiler: the compiled kernel is unavailable")
     tr = _trainer()
     for _ in range(6):
         tr.train_step()
