@@ -366,9 +366,14 @@ def _gen(r):
 
 
 def share(r):
-    """'5/16 = 31% [14-56%]': seeds solved of seeds tried, with the 95% Wilson interval."""
-    return (f"{r['seeds_solved']}/{r['seeds_tried']} = {100 * r['share']:.0f}% "
+    """'5/16 = 31% [14-56%]': seeds solved of seeds tried, with the 95% Wilson interval; where
+    exploit/explore copies made some of the solved seeds, how many initializations they descend from."""
+    text = (f"{r['seeds_solved']}/{r['seeds_tried']} = {100 * r['share']:.0f}% "
             f"[{100 * r['share_low']:.0f}-{100 * r['share_high']:.0f}%]")
+    lineages = r.get("solved_lineages")
+    if lineages is not None and lineages < r["seeds_solved"]:
+        text += f", copies of {lineages} initialization{'s' if lineages != 1 else ''}"
+    return text
 
 
 def reproduce_row(r):

@@ -226,3 +226,12 @@ def test_reproduce_stops_at_ctrl_c_with_a_resumable_run_and_refuses_other_change
     res = json.loads(r.stdout)[0]
     assert (res["result"], res["steps"], res["seeds_tried"]) == ("budget", step, 2)
     assert res["budget_seconds"] == pytest.approx(0.06)
+
+
+def test_a_share_made_of_copies_says_how_many_initializations_it_comes_from():
+    from nramctl.render import share
+    row = {"seeds_solved": 10, "seeds_tried": 16, "share": 10 / 16, "share_low": 0.3864, "share_high": 0.8152}
+    assert share(row) == "10/16 = 62% [39-82%]"
+    assert share({**row, "solved_lineages": 10}) == "10/16 = 62% [39-82%]"
+    assert share({**row, "solved_lineages": 2}) == "10/16 = 62% [39-82%], copies of 2 initializations"
+    assert share({**row, "solved_lineages": 1}).endswith("copies of 1 initialization")
