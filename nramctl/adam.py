@@ -64,12 +64,10 @@ class Adam:
                     0.0 if rate is not None else -self.lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t),
                     native.address(root2), self.eps, threads)
                 continue
-            if root2 is not None:
-                denom.div_(root2.view(-1, *[1] * (p.dim() - 1))).add_(self.eps)
-            else:
-                denom.div_(math.sqrt(1 - b2 ** t)).add_(self.eps)
-            if rate is not None:               # one rate per seed (leading axis): exploit/explore
-                p.sub_(torch.div(m, denom, out=denom).mul_(rate.view(-1, *[1] * (p.dim() - 1))))
+            seeds = [-1] + [1] * (p.dim() - 1)   # a value per seed (leading axis) against p
+            denom.div_(root2.view(seeds) if root2 is not None else math.sqrt(1 - b2 ** t)).add_(self.eps)
+            if rate is not None:               # one rate per seed: exploit/explore, restarts
+                p.sub_(torch.div(m, denom, out=denom).mul_(rate.view(seeds)))
             else:
                 p.addcdiv_(m, denom, value=-self.lr / (1 - b1 ** t))
 

@@ -344,7 +344,8 @@ class Trainer:
 
     def _set_lrs(self):
         """One learning rate for all seeds while they agree (the arithmetic of torch's Adam), else one
-        per seed; each times train.lr_decay^step."""
+        per seed; each times train.lr_decay^step. Also Adam's per-seed step offsets (`adam_start`)
+        once a restart has made them differ."""
         tr = self.cfg.train
         lrs = [lr * tr.lr_decay ** self.step for lr in self.lrs] if tr.lr_decay != 1 else self.lrs
         self.opt.lr = (lrs[0] if lrs else tr.lr) if len(set(lrs)) <= 1 else \

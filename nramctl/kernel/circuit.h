@@ -178,6 +178,9 @@ static void circuit_forward_one(const Circuit& c, const T* __restrict W, const T
     }
 }
 
+template <typename T>
+static inline T clamp(T x, T c) { return c > 0 ? std::min(std::max(x, -c), c) : x; }
+
 // sum_m x[m] y[m], in m order
 template <typename T>
 static inline T dot(const T* __restrict x, const T* __restrict y, int n) {
@@ -273,16 +276,9 @@ static void circuit_backward_one(const Circuit& c, const T* __restrict W, const 
 
 template <typename T>
 static void softmax_grad(const T* w, const T* dw, T* out, int n, T c) {
-    T dot = 0;
-    for (int k = 0; k < n; k++) dot += w[k] * dw[k];
-    for (int k = 0; k < n; k++) {
-        T d = w[k] * (dw[k] - dot);
-        out[k] = c > 0 ? std::min(std::max(d, -c), c) : d;
-    }
+    const T wdw = dot(w, dw, n);
+    for (int k = 0; k < n; k++) out[k] = clamp(w[k] * (dw[k] - wdw), c);
 }
-
-template <typename T>
-static inline T clamp(T x, T c) { return c > 0 ? std::min(std::max(x, -c), c) : x; }
 
 // Ask for the cache lines of x[0:n] ahead of their use.
 template <typename T>
