@@ -121,6 +121,12 @@ class TrainConfig:
                                                  # timesteps, one mask per example and run (training only)
     init: Optional[str] = None                   # start every seed from a trained model's weights:
                                                  # RUN, RUN/seed-K or pretrained/TASK (fine-tuning)
+    # Gumbel noise on the circuit's choices (training only): every source logit of every example and
+    # timestep gets scale * G, G ~ Gumbel(0, 1), before its softmax, so each example runs its own draw
+    # of the program (the Gumbel-softmax relaxation of sampling the choices). 0 = off; the scale is
+    # multiplied by logit_noise_decay each step.
+    logit_noise: float = 0.0
+    logit_noise_decay: float = 1.0
 
 
 @dataclass
@@ -263,7 +269,8 @@ RANGES = [
     ("model.keep_bias", -100.0, 100.0), ("model.head_scale", 0.0, 1000.0),
     ("train.noise.eta", 0, 100.0), ("train.noise.gamma", 0, 10.0),
     ("train.entropy.coef", -100.0, 100.0), ("train.entropy.decay", 0, 1), ("train.entropy.start", 0, 10**9),
-    ("train.lr_decay", 0, 1), ("train.dropout", 0, 0.9),
+    ("train.lr_decay", 0, 1), ("train.dropout", 0, 0.9), ("train.logit_noise", 0, 100.0),
+    ("train.logit_noise_decay", 0, 1),
     ("train.population.patience", 0, 10**9), ("train.population.top", 0.01, 1), ("train.extra_steps", 0, 10**6),
     ("train.polish_extra_steps", 0, 10**6),
 ]

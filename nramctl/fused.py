@@ -66,7 +66,7 @@ class Unroll:
     """What the timesteps of one run share: packed weights (forward [S, in, out] and, for the
     backward, transposed), targets, and the per-layer rows the weight gradients are computed from."""
 
-    def __init__(self, model, batch, steps, eps, grad):
+    def __init__(self, model, batch, steps, eps, grad, noise=None):
         self.model, self.steps, self.eps, self.grad = model, steps, eps, grad
         layers = _layers(model)
         self.lstm = isinstance(model.controller, LSTMController)    # else an MLP
@@ -84,6 +84,8 @@ class Unroll:
         self.N, self.M = N, M
         self.B = N // S
         dtype = self.Wf[0].dtype
+        # the logit noise ([T, N, O - 1]: the used source logits, machine.fuzzy_run) and 0 on the stop logit
+        self.noise = None if noise is None else torch.nn.functional.pad(noise[:steps].to(dtype), (0, 1)).contiguous()
         self.y = batch.target.to(torch.int32).contiguous()
         self.mask = batch.mask.to(dtype).contiguous()
         ins = [model.R, (2 if self.lstm else 1) * self.H, self.H]
@@ -218,6 +220,7 @@ def _forward(unroll, t0, n, regs, mem, h, c, renorm, save):
     columns += [outs for _, outs in chains]
     columns += [_each(x, n) for x in (out.f, out.ll, out.args_w, out.regs_w, *big)]
     columns += [_same(x, n) for x in X]
+    columns.append(_each(None if u.noise is None else u.noise[t0:t0 + n], n))
     _call(u.fn_forward, u, t0, renorm, columns, u.eps)
     return out, big
 

@@ -67,11 +67,14 @@ class NRAM(nn.Module):
         regs[:, :, 0] = 1.0
         return State(regs, mem, self.controller.initial_state(self.S, N // self.S, mem), 0)
 
-    def choose(self, zero_prob, ctl):
-        """zero_prob: [N, R] = P(r_i = 0) -> (Choices, new controller state)."""
+    def choose(self, zero_prob, ctl, noise=None):
+        """zero_prob: [N, R] = P(r_i = 0) -> (Choices, new controller state). `noise` [N, n_out - 1]
+        is added to the source logits (all but the stop logit): training's logit noise."""
         N = zero_prob.shape[0]
         logits, ctl = self.controller(zero_prob.view(self.S, N // self.S, self.R), ctl)
         logits = logits.reshape(N, -1)
+        if noise is not None:
+            logits = torch.cat([logits[:, :-1] + noise, logits[:, -1:]], 1)
         n_args = 2 * self.Q * self.K
         args = logits[:, :n_args].view(N, self.Q, 2, self.K) + self.arg_mask
         regs = logits[:, n_args:-1].view(N, self.R, self.K)
@@ -103,8 +106,8 @@ class StepOut(NamedTuple):
     ll: Optional[torch.Tensor] = None   # [N] the step's log-likelihood of the scored cells (fused step)
 
 
-def step(model, state, clip_c=None, renorm=True, trace=False, unroll=None):
-    """One fuzzy timestep: State -> (State, StepOut).
+def step(model, state, clip_c=None, renorm=True, trace=False, unroll=None, noise=None):
+    """One fuzzy timestep: State -> (State, StepOut). `noise`: added to the source logits (`choose`).
 
     The circuit (gate inputs, gates, registers, memory) is one fused autograd node (`circuit.py`);
     the activation clip and the renormalization act on what a step hands on: controller logits,
@@ -113,7 +116,7 @@ def step(model, state, clip_c=None, renorm=True, trace=False, unroll=None):
     if unroll is not None:
         regs, mem, ctl, f, ll, args_w, regs_w = fused.step(unroll, state, state.t, clip_c, renorm)
         return State(regs, mem, ctl, state.t + 1), StepOut(f, [args_w, regs_w], None, None, ll)
-    ch, ctl = model.choose(state.registers[:, :, 0], state.ctl)
+    ch, ctl = model.choose(state.registers[:, :, 0], state.ctl, noise)
     outputs = inputs = None
     if trace:
         with torch.no_grad():
@@ -173,31 +176,36 @@ def entropy(w, eps):
 
 
 def fuzzy_run(model, batch, clip_c=None, renorm=True, eps=1e-6, trace=False, entropy_bonus=False,
-              need_loss=True, dropout=None):
+              need_loss=True, dropout=None, noise=None):
     """Unroll the fuzzy machine for max(T) steps and score it (SPEC sections 1 and 3).
 
     loss_n = - sum_t p_t sum_{i scored} log(max(memory^(t)[i, y_i], eps))
     The controller's entropy is computed only with `entropy_bonus` (RunOut.entropy is None otherwise).
     `dropout` ([N, H], scaled 0 / 1/(1-p) entries) multiplies the LSTM's hidden state each step hands
-    to the next: recurrent dropout with one mask per example for the whole run.
+    to the next: recurrent dropout with one mask per example for the whole run. `noise` ([T, N, U],
+    T at least max(T_n); U the source logits the circuit uses, in `fused.head_columns` order) is
+    added to each timestep's logits: training's logit noise.
     Without autograd (evaluation) the run is streamed: memory O(N M^2) instead of O(T N M^2), and
     without `need_loss` it stops once every example has halted."""
-    if not torch.is_grad_enabled() and not trace and not entropy_bonus and dropout is None:
+    if not torch.is_grad_enabled() and not trace and not entropy_bonus and dropout is None and noise is None:
         return _streamed_run(model, batch, renorm, eps, need_loss)
     state = model.initial_state(batch.memory)
     y, T = batch.target[:, :, None], batch.T
     steps = [] if trace else None
-    unroll = _unroll(model, batch, eps, grad=True) if not trace else None
+    unroll = _unroll(model, batch, eps, grad=True, noise=noise) if not trace else None
     if unroll is not None:                     # every timestep in the kernel, one autograd node
         stops, lls, args_w, regs_w, memories = fused.run(unroll, state, clip_c, renorm, dropout)
     else:
+        if noise is not None:                  # into the head's whole layout (the unused columns: 0)
+            cols = fused.head_columns(model)[:-1]
+            noise = noise.new_zeros(*noise.shape[:2], model.controller.head.bias.shape[-1] - 1).index_copy_(2, cols, noise)
         stops, lls, memories, args_ws, regs_ws = [], [], [], [], []
         for t in range(int(T.max())):
             if dropout is not None and t > 0:
                 h, c = state.ctl
                 state = state._replace(ctl=(h * dropout.view_as(h), c))
             before = state
-            state, out = step(model, state, clip_c, renorm, trace)
+            state, out = step(model, state, clip_c, renorm, trace, noise=None if noise is None else noise[t])
             stops.append(out.stop)
             lls.append(log_likelihood(state.memory, y, batch.mask, eps))
             memories.append(state.memory.detach())
@@ -228,11 +236,11 @@ def log_likelihood(memory, y, mask, eps):
     return (torch.log(memory.gather(2, y).squeeze(2).clamp_min(eps)) * mask).sum(-1)
 
 
-def _unroll(model, batch, eps, grad):
+def _unroll(model, batch, eps, grad, noise=None):
     """The fused kernel's shared state for this run, or None where the fused step does not apply."""
     if not fused.applies(model, model.arg_mask):
         return None
-    return fused.Unroll(model, batch, int(batch.T.max()), eps, grad)
+    return fused.Unroll(model, batch, int(batch.T.max()), eps, grad, noise)
 
 
 def _streamed_run(model, batch, renorm, eps, need_loss):

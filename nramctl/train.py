@@ -12,6 +12,7 @@ import time
 import numpy as np
 import torch
 
+from . import fused
 from .adam import Adam
 from .data import Curriculum, concat, extended_rule, make_batch, rng_from_state, rng_state
 from .evaluate import compare, evaluate, score
@@ -101,7 +102,7 @@ class Trainer:
         b = self.batch()
         entropy = tr.entropy.enabled and self.step >= tr.entropy.start
         out = fuzzy_run(self.model, b, tr.clip_activation, tr.renormalize, tr.log_eps,
-                        entropy_bonus=entropy, dropout=self._dropout_mask(len(b.T)))
+                        entropy_bonus=entropy, dropout=self._dropout_mask(len(b.T)), noise=self._logit_noise(b))
         per_seed = out.loss.view(self.S, -1).mean(1)
         obj = per_seed.sum()
         if entropy:
@@ -135,6 +136,22 @@ class Trainer:
         B, H = N // self.S, self.cfg.model.hidden
         keep = [torch.bernoulli(torch.full((B, H), 1 - p), generator=g) for g in self.noise_gens]
         return torch.cat(keep).to(self.model.arg_mask.dtype) / (1 - p)
+
+    def _logit_noise(self, b):
+        """[T, N, U] Gumbel noise on the used source logits (train.logit_noise, decayed by the step),
+        drawn from each seed's noise stream; None when off."""
+        tr = self.cfg.train
+        scale = tr.logit_noise * tr.logit_noise_decay ** self.step
+        if not scale:
+            return None
+        B, U = len(b.T) // self.S, len(fused.head_columns(self.model)) - 1
+        dtype = self.model.arg_mask.dtype
+        noise = torch.zeros(int(b.T.max()), len(b.T), U, dtype=dtype)
+        for s, g in enumerate(self.noise_gens):     # each seed draws for its own longest example
+            T = int(b.T[s * B:(s + 1) * B].max())
+            noise[:T, s * B:(s + 1) * B] = torch.rand(T, B, U, generator=g, dtype=dtype)
+            noise[:T, s * B:(s + 1) * B].clamp_(min=torch.finfo(dtype).tiny).log_().neg_().log_().mul_(-scale)
+        return noise
 
     def _finite_weights(self):
         """[S] bool: every weight of the seed is finite."""

@@ -162,8 +162,8 @@ def test_compiled_kernel_gives_the_same_bits_on_several_threads():
         assert torch.isfinite(a).all() and torch.equal(a, b)
 
 
-def _run_and_grads(model, batch, entropy, dropout=None):
-    out = fuzzy_run(model, batch, clip_c=0.5, renorm=True, entropy_bonus=entropy, dropout=dropout)
+def _run_and_grads(model, batch, entropy, dropout=None, noise=None):
+    out = fuzzy_run(model, batch, clip_c=0.5, renorm=True, entropy_bonus=entropy, dropout=dropout, noise=noise)
     obj = out.loss.sum() - (0.1 * out.entropy.sum() if entropy else 0)
     model.zero_grad()
     obj.backward()
@@ -173,15 +173,16 @@ def _run_and_grads(model, batch, entropy, dropout=None):
 @pytest.mark.parametrize("kind", ["mlp", "lstm"])
 @pytest.mark.parametrize("R, names, hidden", [(4, None, 8), (2, ["READ", "INC", "WRITE"], 40)])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-@pytest.mark.parametrize("dropout", [False, True])
-def test_fused_step_equals_pytorch_step(kind, R, names, hidden, dtype, tol, dropout, monkeypatch):
+@pytest.mark.parametrize("extra", [None, "dropout", "noise"])
+def test_fused_step_equals_pytorch_step(kind, R, names, hidden, dtype, tol, extra, monkeypatch):
     """The whole timestep in the kernel (`fused.py`: controller, head with only the used columns,
     circuit, stop, log-likelihood; weight gradients from one product per layer) against the same run
     as PyTorch ops: loss, entropy, predictions and every parameter's gradient. Three seeds of five
     examples, so blocks of examples end at seed boundaries; a hidden size larger than the head's
     used columns; the clip and the entropy bonus (gradients into the softmax weights) on. The kernel
     runs all timesteps in one call each way, or, for the LSTM with recurrent dropout (its hidden
-    state masked between timesteps), one call a timestep."""
+    state masked between timesteps), one call a timestep; with logit noise, each example and
+    timestep's own."""
     from nramctl import fused, native
     from nramctl.gates import PAPER_GATES
     if native.library() is None:
@@ -191,11 +192,13 @@ def test_fused_step_equals_pytorch_step(kind, R, names, hidden, dtype, tol, drop
     batch = make_batch("copy", 9, [1, 2, 3, 4, 2] * 3, np.random.default_rng(1), "2*n+1")
     assert fused.applies(model, model.arg_mask)
     drop = torch.bernoulli(torch.full((15, hidden), 0.7), generator=torch.Generator().manual_seed(2))
-    drop = (drop / 0.7).to(dtype) if kind == "lstm" and dropout else None
+    drop = (drop / 0.7).to(dtype) if kind == "lstm" and extra == "dropout" else None
+    U = len(fused.head_columns(model)) - 1
+    noise = 2 * torch.randn(int(batch.T.max()), 15, U, dtype=dtype) if extra == "noise" else None
     results = []
     for lib in (native.library(), False):
         monkeypatch.setattr(native, "_lib", lib)
-        results.append(_run_and_grads(model, batch, entropy=True, dropout=drop))
+        results.append(_run_and_grads(model, batch, entropy=True, dropout=drop, noise=noise))
     (fast, g_fast), (slow, g_slow) = results
     assert torch.allclose(fast.loss, slow.loss, rtol=tol, atol=tol)
     assert torch.allclose(fast.entropy, slow.entropy, rtol=tol, atol=tol)
@@ -207,6 +210,31 @@ def test_fused_step_equals_pytorch_step(kind, R, names, hidden, dtype, tol, drop
     unused = torch.ones(model.controller.head.weight.shape[-1], dtype=torch.bool)
     unused[fused.head_columns(model)] = False
     assert (g_fast["controller.head.weight"][:, :, unused] == 0).all()
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_logit_noise_that_stays_the_same_is_a_shift_of_the_heads_bias(kernel, monkeypatch):
+    """Noise c on the source logits, the same for every example and timestep, runs the machine whose
+    head's bias is c higher on those columns (an independent model, built by hand); noise that
+    differs between examples changes their losses, and none is noise of zeros."""
+    from nramctl import fused, native
+    if kernel and native.library() is None:
+        pytest.skip("no C++ compiler: the compiled kernel is unavailable")
+    if not kernel:
+        monkeypatch.setattr(native, "_lib", False)
+    model = NRAM(3, ["READ", "INC", "ADD", "WRITE"], controller="lstm", hidden=6, seed_values=[1, 2]).double()
+    batch = make_batch("copy", 9, [1, 2, 3, 4] * 2, np.random.default_rng(4), "2*n+1")
+    cols = fused.head_columns(model)[:-1]
+    c = torch.randn(len(cols), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    T = int(batch.T.max())
+    noisy = fuzzy_run(model, batch, noise=c.expand(T, 8, -1).clone()).loss.detach()
+    shifted = copy.deepcopy(model)
+    with torch.no_grad():
+        shifted.controller.head.bias[:, :, cols] += c
+    assert torch.allclose(noisy, fuzzy_run(shifted, batch).loss.detach(), rtol=1e-12, atol=1e-12)
+    plain = fuzzy_run(model, batch).loss.detach()
+    assert torch.equal(fuzzy_run(model, batch, noise=torch.zeros(T, 8, len(cols), dtype=torch.float64)).loss.detach(), plain)
+    assert not torch.allclose(noisy, plain)
 
 
 def test_recurrent_dropout_masks_only_the_state_handed_between_steps():

@@ -25,7 +25,7 @@ def differs(a, b):
 
 @pytest.mark.parametrize("switch", [
     "train.clip_activation=0.001", "train.clip_norm=0.01", "train.noise.enabled=true",
-    "train.entropy.enabled=true"])
+    "train.entropy.enabled=true", "train.logit_noise=1"])
 def test_every_technique_changes_the_update(switch):
     base = ["train.clip_activation=null", "train.clip_norm=null", "train.noise.enabled=false",
             "train.entropy.enabled=false", "train.renormalize=false"]
@@ -144,10 +144,11 @@ def test_learning_access_from_scratch_to_zero_error():
     assert res["error"][0] == 0.0
 
 
-def test_one_seed_of_a_batched_run_trains_like_a_run_of_its_own():
+@pytest.mark.parametrize("noise", [[], ["train.logit_noise=1"]])
+def test_one_seed_of_a_batched_run_trains_like_a_run_of_its_own(noise):
     """Seeds share only arithmetic: seed 2 of a 3-seed run, narrowed to itself after 10 steps,
-    continues with exactly the losses of a single-seed run with seed 2."""
-    common = [*SMALL, "M=9", "difficulty=3", "train.batch=8", "train.steps=30"]
+    continues with exactly the losses of a single-seed run with seed 2 (its logit noise too is its own)."""
+    common = [*SMALL, "M=9", "difficulty=3", "train.batch=8", "train.steps=30", *noise]
     a = Trainer(task_config("copy", overrides=[*common, "train.seeds=3"]))
     b = Trainer(task_config("copy", overrides=[*common, "train.seed=2"]))
     for _ in range(10):

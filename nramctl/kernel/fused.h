@@ -163,6 +163,7 @@ struct FwdArgs {
     const T* mask;
     T *regs_out, *mem_out, *h_out, *c_out, *f_out, *ll_out, *W, *U, *V, *AB, *saved, *ctl_save;
     T* X[3];
+    const T* noise;         // [N, O] added to the logits (training's logit noise), or null
 };
 
 template <typename T>
@@ -216,6 +217,12 @@ static void fused_forward(const Net& net, const Circuit& c, const FwdArgs<T>& a,
                 for (int e = 0; e < ne; e++)
                     std::memcpy(a.X[l] + net.row(idx[e]) * net.in[l],
                                 &s.x[l][(size_t)e * net.in[l]], sizeof(T) * net.in[l]);
+        if (a.noise)
+            for (int e = 0; e < ne; e++) {
+                T* z = &s.y[2][(size_t)e * O];
+                const T* g = a.noise + (size_t)idx[e] * O;
+                for (int o = 0; o < O; o++) z[o] += g[o];
+            }
         for (int e = 0; e < ne; e++) {
             const size_t n = idx[e];
             const T* logits = &s.y[2][(size_t)e * O];

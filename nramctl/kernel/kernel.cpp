@@ -101,6 +101,7 @@ static void step_forward(const int* v, void** p, double eps) {
     a.f_out = (T*)p[k++]; a.ll_out = (T*)p[k++]; a.W = (T*)p[k++]; a.U = (T*)p[k++]; a.V = (T*)p[k++];
     a.AB = (T*)p[k++]; a.saved = (T*)p[k++]; a.ctl_save = (T*)p[k++];
     for (int l = 0; l < 3; l++) a.X[l] = (T*)p[k++];
+    a.noise = (const T*)p[k++];
     fused_forward<T>(net, c, a, N, renorm, (T)eps, threads);
 }
 
