@@ -108,7 +108,7 @@ class Trainer:
         if entropy:
             coef = tr.entropy.coef * tr.entropy.decay ** (self.step - tr.entropy.start)
             obj = obj - coef * out.entropy.view(self.S, -1).mean(1).sum()
-        self.opt.zero_grad(set_to_none=False)
+        self.opt.zero_grad()
         obj.backward()
         # checked before clipping and noise mix a gradient; Adam's bounded update cannot turn finite
         # weights non-finite, so a finite loss and gradient leave a seed finite
