@@ -5,7 +5,7 @@ position in each per-seed list. These functions pick and place such slices, so t
   - a finished seed is *retired*: its whole state is archived and it leaves the batch (it costs
     nothing further, and it can be brought back, e.g. to be polished alone);
   - a stuck seed is *restarted* from a fresh initialization under a new seed number (a new attempt:
-    seeds tried grows by one);
+    seeds tried grows by one); in that mode a finished seed's slot is refilled the same way;
   - exploit/explore (population-based training): a stuck seed takes over the weights, optimizer
     moments and curriculum of a better one, with its learning rate perturbed; the copy is recorded
     in the seed's lineage.
@@ -85,6 +85,19 @@ class Population:
         c = self.cfg
         return (trainer.solved_step[s] is None and c.patience
                 and trainer.step - trainer.last_improved[s] >= c.patience)
+
+    def refills(self):
+        """Restarts also refill the slot of a seed that finished (with `until: all`): a search keeps
+        every slot training a seed until its budget ends, instead of ending once every slot has solved."""
+        return self.cfg.mode == "restart"
+
+    def refill(self, trainer, finished):
+        """A fresh seed in each finished seed's slot (the finished seed retired with its record)."""
+        events = []
+        for s in finished:
+            old = trainer.seeds[s]
+            events.append({"event": "refill", "seed": trainer.restart(s), "replaces": old, "step": trainer.step})
+        return events
 
     def after_check(self, trainer):
         """Called after every check; returns the events (dicts) it caused, for the metrics."""

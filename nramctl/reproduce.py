@@ -93,7 +93,9 @@ def run_task(run, trainer, plan, on_log=None, should_stop=lambda: False):
     if plan["phase"] == "measure":
         trainer.polish = 0                          # measuring the share: retire on reaching the target
         go(lambda: should_stop() or trainer.elapsed >= plan["budget_seconds"])
-        measured = trainer.all_seeds()
+        # a seed counts as tried once it has trained: a slot restarted or refilled at the budget's
+        # last check holds a seed that never took a step
+        measured = [r for r in trainer.all_seeds() if r.get("steps", 1) > 0]
         solved = _solved(measured)
         plan = {**plan, "phase": "polish", "measured": measured, "measure_seconds": trainer.elapsed,
                 "cpu_minutes": trainer.elapsed * torch.get_num_threads() / 60, "polish": 0,

@@ -313,7 +313,8 @@ class Trainer:
 
     def restart(self, s):
         """Give position s a fresh initialization under a new seed number (a new attempt, counted as a
-        seed tried); the old attempt is retired unsolved. Returns the new seed number."""
+        seed tried); the old attempt is retired with its record (unsolved when stuck, solved when its
+        slot is refilled). Returns the new seed number."""
         new = self.next_seed
         self.next_seed += 1
         state = self.state_dict()
@@ -338,17 +339,20 @@ class Trainer:
         self.load_state_dict(state)
 
     def all_seeds(self):
-        """Every seed's record, active and retired, sorted by seed number."""
+        """Every seed's record, active and retired, sorted by seed number; `steps`: the updates it
+        trained (from its first, or from its restart)."""
         rows = [{"seed": self.seeds[s], "best_error": self.best_error[s], "best_step": self.best_step[s],
                  "solved_step": self.solved_step[s], "solved_seconds": self.solved_seconds[s],
                  "nonfinite_steps": self.nonfinite[s], "lineage": self.lineage[s],
-                 "exact_extra_steps": self.exact_extra[s], "level": self.curricula[s].level, "active": True}
+                 "exact_extra_steps": self.exact_extra[s], "level": self.curricula[s].level,
+                 "steps": self.step - self.adam_start[s], "active": True}
                 for s in range(self.S)]
         rows += [{"seed": r["seeds"][0], "best_error": r["best_error"][0], "best_step": r["best_step"][0],
                   "solved_step": r["solved_step"][0], "solved_seconds": r["solved_seconds"][0],
                   "nonfinite_steps": r["nonfinite"][0], "lineage": r["lineage"][0],
                   "exact_extra_steps": r.get("exact_extra", [None])[0],
-                  "level": r["curricula"][0]["level"] if r.get("curricula") else None, "active": False}
+                  "level": r["curricula"][0]["level"] if r.get("curricula") else None,
+                  "steps": r["step"] - r.get("adam_start", [0])[0], "active": False}
                  for r in self.retired]
         return sorted(rows, key=lambda r: r["seed"])
 
@@ -404,7 +408,11 @@ class Trainer:
             if evaluated is not None:
                 events = self.population.after_check(self)
                 if tr.until == "all":
-                    self.retire([s for s in range(self.S) if self.finished(s)])
+                    finished = [s for s in range(self.S) if self.finished(s)]
+                    if finished and self.population.refills():
+                        events += self.population.refill(self, finished)
+                    else:
+                        self.retire(finished)
                 if events and on_log:
                     on_log(events)
             if on_checkpoint and (self.step % tr.checkpoint_every == 0) and not self.done():

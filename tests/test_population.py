@@ -57,6 +57,25 @@ def test_reproduce_reports_solved_and_unsolved_seeds(cli):
     assert [s["seed"] for s in status["seeds"]] == list(range(6))
 
 
+def test_restarts_refill_the_slot_of_a_solved_seed(cli):
+    """With restarts, a solved seed retires with its record and a fresh seed takes its slot, so the
+    batch keeps training K seeds to the end of the budget: the Access run above, with restarts that
+    no stuck seed triggers (patience 1,000), puts seeds 6, 7, 8 in the slots of 0, 1, 2. Seeds 7 and
+    8 came at the last step and never trained, so they are not counted as tried."""
+    r = cli("reproduce", "access", "--seeds", 6, "--budget-minutes", 5, "--n", 3, "--up-to", 6,
+            "--set", "train.eval_every=20", "--set", "train.steps=100", "--set", "train.batch=16",
+            "--set", "model.hidden=16", "--set", "M=10", "--set", "difficulty=8", "--set", "train.extra_steps=0",
+            "--set", "train.population.mode=restart", "--set", "train.population.patience=1000", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)[0]
+    assert [(s["seed"], s["step"]) for s in res["solved"]] == [(0, 80), (1, 100), (2, 100)]
+    assert res["seeds_tried"] == 7 and res["share"] == pytest.approx(3 / 7)
+    metrics = [json.loads(x) for x in (cli.root / res["run"] / "metrics.jsonl").read_text().splitlines()]
+    refills = [(m["seed"], m["replaces"], m["step"]) for m in metrics if m.get("event") == "refill"]
+    assert refills == [(6, 0, 80), (7, 1, 100), (8, 2, 100)]
+    assert max(m["step"] for m in metrics if m.get("seed") == 6 and "loss" in m) == 100   # trained on
+
+
 def _trainer(**sets):
     base = ["M=9", "difficulty=3", "train.batch=8", "model.hidden=16", "train.seeds=4"]
     return Trainer(task_config("copy", None, base + [f"{k}={v}" for k, v in sets.items()]))
