@@ -73,6 +73,22 @@ def wilson(k, n, z=1.959964):
     return float(low), float(high)
 
 
+def counts_as_tried(record):
+    """Whether a seed's record (`Trainer.all_seeds`, a run's status.json) counts as a seed tried: once
+    it has trained a step. A slot restarted or refilled at a budget's last check holds a seed that
+    never did; records written before `steps` existed count."""
+    return record.get("steps", 1) > 0
+
+
+def _restart(trainer, slots, event):
+    """A fresh seed in each of these slots; one event each for the metrics."""
+    events = []
+    for s in slots:
+        old = trainer.seeds[s]
+        events.append({"event": event, "seed": trainer.restart(s), "replaces": old, "step": trainer.step})
+    return events
+
+
 class Population:
     """The policy of config `train.population`: restart stuck seeds, exploit/explore."""
 
@@ -93,11 +109,7 @@ class Population:
 
     def refill(self, trainer, finished):
         """A fresh seed in each finished seed's slot (the finished seed retired with its record)."""
-        events = []
-        for s in finished:
-            old = trainer.seeds[s]
-            events.append({"event": "refill", "seed": trainer.restart(s), "replaces": old, "step": trainer.step})
-        return events
+        return _restart(trainer, finished, "refill")
 
     def after_check(self, trainer):
         """Called after every check; returns the events (dicts) it caused, for the metrics."""
@@ -108,11 +120,7 @@ class Population:
         if not stuck:
             return events
         if c.mode == "restart":
-            for s in stuck:
-                old = trainer.seeds[s]
-                new = trainer.restart(s)
-                events.append({"event": "restart", "seed": new, "replaces": old, "step": trainer.step})
-            return events
+            return _restart(trainer, stuck, "restart")
         # exploit/explore: each stuck seed copies one of the better seeds (lowest best error, not stuck)
         ranked = sorted((s for s in range(trainer.S) if s not in stuck and trainer.solved_step[s] is None),
                         key=lambda s: trainer.best_error[s])

@@ -18,7 +18,7 @@ import numpy as np
 from . import native, records
 from .evaluate import generalization
 from .experiment import load_model, new_run, save_progress
-from .population import wilson
+from .population import counts_as_tried, wilson
 from .tasks import task
 
 PAPER = {  # Table 1: train error, generalization, discretization
@@ -93,9 +93,7 @@ def run_task(run, trainer, plan, on_log=None, should_stop=lambda: False):
     if plan["phase"] == "measure":
         trainer.polish = 0                          # measuring the share: retire on reaching the target
         go(lambda: should_stop() or trainer.elapsed >= plan["budget_seconds"])
-        # a seed counts as tried once it has trained: a slot restarted or refilled at the budget's
-        # last check holds a seed that never took a step
-        measured = [r for r in trainer.all_seeds() if r.get("steps", 1) > 0]
+        measured = [r for r in trainer.all_seeds() if counts_as_tried(r)]
         solved = _solved(measured)
         plan = {**plan, "phase": "polish", "measured": measured, "measure_seconds": trainer.elapsed,
                 "cpu_minutes": trainer.elapsed * torch.get_num_threads() / 60, "polish": 0,

@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from .config import ConfigError, parse_yaml, task_config
-from .population import wilson
+from .population import counts_as_tried, wilson
 from .runs import RunError, RunStore, atomic_write
 from .tasks import task
 
@@ -309,7 +309,7 @@ def summary(store, manifest):
         for r in row["runs"]:
             state, status = run_status(store, r["name"])
             states.append(state)
-            for s in status.get("seeds", []):
+            for s in filter(counts_as_tried, status.get("seeds", [])):
                 tried += 1
                 if s.get("solved_step") is not None:
                     solved += 1

@@ -149,8 +149,9 @@ class Trainer:
         noise = torch.zeros(int(b.T.max()), len(b.T), U, dtype=dtype)
         for s, g in enumerate(self.noise_gens):     # each seed draws for its own longest example
             T = int(b.T[s * B:(s + 1) * B].max())
-            noise[:T, s * B:(s + 1) * B] = torch.rand(T, B, U, generator=g, dtype=dtype)
-            noise[:T, s * B:(s + 1) * B].clamp_(min=torch.finfo(dtype).tiny).log_().neg_().log_().mul_(-scale)
+            part = noise[:T, s * B:(s + 1) * B]
+            part.copy_(torch.rand(T, B, U, generator=g, dtype=dtype))
+            part.clamp_(min=torch.finfo(dtype).tiny).log_().neg_().log_().mul_(-scale)
         return noise
 
     def _finite_weights(self):
