@@ -39,8 +39,10 @@ class Adam:
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            st = self.state.setdefault(i, {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
-                                           "exp_avg_sq": torch.zeros_like(p)})
+            st = self.state.get(i)
+            if st is None:                     # (setdefault would build two zeroed copies of p every step)
+                st = self.state[i] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                                      "exp_avg_sq": torch.zeros_like(p)}
             st["step"] += 1
             g, m, v = p.grad, st["exp_avg"], st["exp_avg_sq"]
             t = st["step"].item()
