@@ -15,6 +15,7 @@ from .config import ConfigError, check_memory, task_config, to_dict, unroll_byte
 from .gates import GateError
 from .runtime import keep_freed_memory
 from .runs import RunError, RunStore
+from .shares import PoolError
 from .tasks import TASKS, TaskError, task
 
 app = typer.Typer(pretty_exceptions_enable=False, no_args_is_help=True,
@@ -24,7 +25,7 @@ app.add_typer(tasks_app, name="tasks")
 runs_app = typer.Typer(help="List, show and delete runs.", invoke_without_command=True)
 app.add_typer(runs_app, name="runs")
 
-USAGE_ERRORS = (ConfigError, TaskError, GateError, RunError)
+USAGE_ERRORS = (ConfigError, TaskError, GateError, RunError, PoolError)
 
 
 class stopping_signals:
@@ -679,6 +680,34 @@ def runs_show(run_ref: RunRef = None, runs_dir: RunsDir = Path("runs"), json: Js
            "environment": run.read_json("environment.json"), "seeds": st.get("seeds", []),
            "training": run.read_json("training.json"), "files": run.files()}
     render.emit_json(out) if json else render.run_show(out)
+
+
+@command("share", group=runs_app)
+def runs_share(
+    run_refs: Annotated[List[str], typer.Argument(metavar="RUN...", help="Runs of one setting on different seeds.",
+                                                  autocompletion=complete_runs)],
+    runs_dir: RunsDir = Path("runs"),
+    json: Json = False,
+):
+    """One share of seeds solved over several runs of the same setting (seeds 0-15, 16-31, ...), with
+    its 95% Wilson interval; refused where the runs differ in a setting or share a seed."""
+    from .shares import pool
+    store, runs = RunStore(runs_dir), []
+    for ref in run_refs:
+        run, seed = store.resolve(ref)
+        if seed is not None:
+            raise RunError(f"{ref}: a share counts a whole run's seeds; give the run ({run.name})")
+        st = run.status()
+        if not st.get("seeds"):
+            raise RunError(f"{run.name}: no per-seed records in its status.json (state {st.get('state', 'unknown')})")
+        result = run.read_json("reproduce.json")
+        runs.append({"name": run.name, "config": to_dict(run.config()), "seeds": st["seeds"],
+                     "state": st.get("state", "unknown"),
+                     "cpu_minutes": result.get("cpu_minutes") if isinstance(result, dict) else None})
+    out = pool(runs)
+    for row, run in zip(out["runs"], runs):
+        row["state"] = run["state"]
+    render.emit_json(out) if json else render.pooled_share(out)
 
 
 @command("rm", group=runs_app)

@@ -59,27 +59,6 @@ def place(state, pos, one, keys=("model", "optimizer", "curricula")):
     return state
 
 
-def wilson(k, n, z=1.959964):
-    """95% Wilson score interval of a share k / n: (low, high); (0, 1) when n = 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # the bound at an end is 0 or 1 exactly; computed, it can come out as 0.9999999999999999
-    low = 0.0 if k == 0 else max(0.0, centre - half)
-    high = 1.0 if k == n else min(1.0, centre + half)
-    return float(low), float(high)
-
-
-def counts_as_tried(record):
-    """Whether a seed's record (`Trainer.all_seeds`, a run's status.json) counts as a seed tried: once
-    it has trained a step. A slot restarted or refilled at a budget's last check holds a seed that
-    never did; records written before `steps` existed count."""
-    return record.get("steps", 1) > 0
-
-
 def _restart(trainer, slots, event):
     """A fresh seed in each of these slots; one event each for the metrics."""
     events = []

@@ -398,6 +398,22 @@ def reproduce_table(results):
     console.print(t)
 
 
+def pooled_share(out):
+    t = Table(title=f"{out['task']}: seeds solved over {len(out['runs'])} run(s) of one setting")
+    for c in ("run", "state", "seeds", "solved / tried", "solved seeds", "CPU min"):
+        t.add_column(c, justify="right" if c in ("solved / tried", "CPU min") else "left")
+    for r in out["runs"]:
+        t.add_row(r["run"], r["state"], r["seeds"], f"{r['seeds_solved']}/{r['seeds_tried']}",
+                  ", ".join(map(str, r["solved"])) or "-", "-" if r["cpu_minutes"] is None else f"{r['cpu_minutes']:.1f}")
+    console.print(t)
+    if not out["seeds_tried"]:
+        console.print("pooled: no seed has trained a step yet")
+        return
+    rate = out["solved_per_cpu_minute"]
+    console.print(f"pooled: seeds solved {share(out)}"
+                  + ("" if rate is None else f", {rate:.2f} solved seeds per CPU-minute"))
+
+
 def sweep_plan(m):
     t = Table(title=f"{m['sweep']}: {m['task']}, {len(m['settings'])} setting(s) x {m['seeds']} seed(s), "
                     f"{m['seeds_per_run']} seed(s) per run, budget {m['budget_minutes'] or '-'} min per run")

@@ -18,7 +18,7 @@ import numpy as np
 from . import native, records
 from .evaluate import generalization
 from .experiment import load_model, new_run, save_progress
-from .population import counts_as_tried, wilson
+from .shares import counts_as_tried, wilson
 from .tasks import task
 
 PAPER = {  # Table 1: train error, generalization, discretization

@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from .config import ConfigError, parse_yaml, task_config
-from .population import counts_as_tried, wilson
+from .shares import tally, wilson
 from .runs import RunError, RunStore, atomic_write
 from .tasks import task
 
@@ -309,11 +309,10 @@ def summary(store, manifest):
         for r in row["runs"]:
             state, status = run_status(store, r["name"])
             states.append(state)
-            for s in filter(counts_as_tried, status.get("seeds", [])):
-                tried += 1
-                if s.get("solved_step") is not None:
-                    solved += 1
-                    steps.append(s["solved_step"])
+            seeds, done = tally(status.get("seeds", []))
+            tried, solved = tried + len(seeds), solved + len(done)
+            steps += [s["solved_step"] for s in done]
+            for s in seeds:
                 if s.get("best_error") is not None:
                     best = s["best_error"] if best is None else min(best, s["best_error"])
         low, high = wilson(solved, tried)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from nramctl.config import task_config
-from nramctl.population import subset, wilson
+from nramctl.population import subset
+from nramctl.shares import wilson
 from nramctl.train import Trainer
 
 from test_cli import cli, one_line_error  # noqa: F401  (fixture)
