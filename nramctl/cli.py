@@ -378,7 +378,8 @@ def reproduce(
     config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
     set_: Annotated[List[str], typer.Option("--set", help="Override a field: key=value.")] = [],
     resume_run: Annotated[Optional[str], typer.Option(
-        "--resume", help="Go on with an interrupted reproduce run (one task) where it stopped.",
+        "--resume", help="Go on with an interrupted reproduce run (one task) where it stopped; with a "
+                         "longer --budget-minutes, extend a finished run's measurement.",
         autocompletion=complete_runs)] = None,
     publish: Annotated[bool, typer.Option(help="Ship each solved model whose discretized form is exact up "
                                                "to --up-to as nramctl/pretrained/TASK.")] = False,
@@ -387,15 +388,17 @@ def reproduce(
 ):
     """Run the paper's protocol per task and print our results beside the paper's Table 1."""
     from .experiment import resume
-    from .reproduce import EASY, PLAN, RESULT, Interrupted, plan_of, run_task, start_task
+    from .reproduce import EASY, PLAN, RESULT, Interrupted, extend, plan_of, run_task, start_task
     store, results = RunStore(runs_dir), []
     if resume_run:
         given = {"TASK": tasks, "--seeds": seeds, "--n": n, "--up-to": up_to, "--config": config,
                  "--set": set_ or None}
         run = _to_resume(store, resume_run, given, "reproduce run", "only --budget-minutes sets its budget anew")
-        plan = plan_of(run)
         if budget_minutes is not None:
             _positive("--budget-minutes", budget_minutes)
+            if run.read_json(RESULT) is not None:    # finished: a longer budget reopens its measurement
+                extend(run, budget_minutes * 60)
+        plan = plan_of(run)
         trainer = resume(run)
         if budget_minutes is not None and plan["phase"] == "measure":
             plan["budget_seconds"] = budget_minutes * 60

@@ -59,8 +59,34 @@ def plan_of(run):
     if not isinstance(plan, dict) or plan.get("phase") not in ("measure", "polish"):
         raise RunError(f"{run.name} was not started by reproduce (no readable {PLAN})")
     if run.read_json(RESULT) is not None:
-        raise RunError(f"{run.name}: its protocol has finished ({RESULT}); start a new one")
+        raise RunError(f"{run.name}: its protocol has finished ({RESULT}); start a new one, or extend its "
+                       "measurement with a longer --budget-minutes")
     return plan
+
+
+def extend(run, budget_seconds):
+    """Reopen a finished measurement for a longer budget (`reproduce --resume RUN --budget-minutes N`
+    on a run whose protocol has ended): its seeds train on from where the budget stopped them, as if
+    the run had been started with the longer budget. The earlier result is kept beside it, as
+    reproduce-<budget>s.json. Refused where the first solved seed was polished after measuring (the
+    checkpoint then holds the polished seed, no longer the measurement's end)."""
+    from .runs import RunError
+    run.refuse_if_training()
+    plan, result = run.read_json(PLAN), run.read_json(RESULT)
+    if not isinstance(plan, dict) or not isinstance(result, dict):
+        raise RunError(f"{run.name} has no finished reproduce measurement to extend")
+    if plan.get("polish"):
+        raise RunError(f"{run.name}: its first solved seed was polished after the measurement, so the "
+                       "measurement cannot go on; measure longer in a new run (with --set "
+                       "train.polish_steps=0 a run stays extendable)")
+    if budget_seconds <= plan["budget_seconds"]:
+        raise RunError(f"{run.name} measured {plan['budget_seconds'] / 60:g} minutes; give a longer "
+                       "--budget-minutes to extend it")
+    # each step leaves the run resumable: a crash between them ends in the old result or the new plan
+    run.write_json(f"reproduce-{plan['budget_seconds']:.0f}s.json", result)
+    (run.path / RESULT).unlink()
+    run.write_json(PLAN, {**{k: plan[k] for k in ("per_difficulty", "up_to", "seed")},
+                          "budget_seconds": budget_seconds, "phase": "measure"})
 
 
 def run_task(run, trainer, plan, on_log=None, should_stop=lambda: False):

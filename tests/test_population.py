@@ -190,6 +190,20 @@ ACCESS_CAPPED = ["train.eval_every=20", "train.steps=100", "train.batch=16", "mo
                  "difficulty=8", "train.extra_steps=0"]
 
 
+def assert_resumed_as_whole(cli, run, whole, *args):
+    """`reproduce ARGS` on `run` reports what the uninterrupted run `whole` did: the same seeds solved
+    at the same steps, the same tests, and the same kept model."""
+    r = cli("reproduce", *args)
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)[0]
+    same = ("seeds_tried", "seeds_solved", "seed", "steps", "train_error", "solved_step", "result", "rows")
+    assert {k: got[k] for k in same} == {k: whole[k] for k in same}
+    assert [(s["seed"], s["step"]) for s in got["solved"]] == [(s["seed"], s["step"]) for s in whole["solved"]]
+    a = torch.load(run.path / "checkpoints/best.pt", weights_only=True)["model"]
+    b = torch.load(cli.root / whole["run"] / "checkpoints/best.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_reproduce_interrupted_while_measuring_and_while_polishing_ends_as_if_never_stopped(cli):
     """The Access run above with 20 polish steps, once whole and once stopped at step 50 (measuring
     the share) and at step 110 (polishing seed 0, solved at 80): the resumed protocol reports the same
@@ -211,16 +225,42 @@ def test_reproduce_interrupted_while_measuring_and_while_polishing_ends_as_if_ne
         status = json.loads((run.path / "status.json").read_text())
         assert (status["state"], status["step"], plan_of(run)["phase"]) == ("interrupted", at, phase)
         trainer = resume(run)
-    r = cli("reproduce", "--resume", run.name, "--json")
-    assert r.exit_code == 0, r.output
-    cut = json.loads(r.stdout)[0]
-    same = ("seeds_tried", "seeds_solved", "seed", "steps", "train_error", "solved_step", "result", "rows")
-    assert {k: cut[k] for k in same} == {k: whole[k] for k in same}
-    assert [(s["seed"], s["step"]) for s in cut["solved"]] == [(s["seed"], s["step"]) for s in whole["solved"]]
-    a = torch.load(run.path / "checkpoints/best.pt", weights_only=True)["model"]
-    b = torch.load(cli.root / whole["run"] / "checkpoints/best.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resumed_as_whole(cli, run, whole, "--resume", run.name, "--json")
     assert cli("reproduce", "--resume", run.name).exit_code == 2            # finished: refused
+
+
+def test_a_finished_measurement_extended_ends_as_if_measured_with_the_longer_budget(cli):
+    """The Access run above measured with a budget that ends after its first step, then extended
+    (`reproduce --resume RUN --budget-minutes 5`): the same seeds solve at the same steps as in the
+    run measured for 5 minutes from the start, with the same model; the short result is kept."""
+    from nramctl.reproduce import RESULT, plan_of, run_task, start_task
+    from nramctl.runs import RunStore
+    args = ["--budget-minutes", 5, "--n", 3, "--up-to", 6, *[x for s in ACCESS_CAPPED for x in ("--set", s)], "--json"]
+    whole = cli("reproduce", "access", "--seeds", 6, *args)
+    assert whole.exit_code == 0, whole.output
+    whole = json.loads(whole.stdout)[0]
+
+    run, trainer, _ = start_task(RunStore(cli.root), task_config("access", None, ["train.seeds=6", *ACCESS_CAPPED]),
+                                 1e-9, 3, 6)
+    short = run_task(run, trainer, plan_of(run))
+    run.write_json(RESULT, short)
+    assert short["steps"] == 1 and short["seeds_solved"] == 0
+    assert_resumed_as_whole(cli, run, whole, "--resume", run.name, "--budget-minutes", 5, "--json")
+    kept = json.loads((run.path / "reproduce-0s.json").read_text())
+    assert kept["steps"] == 1 and json.loads((run.path / RESULT).read_text())["steps"] == whole["steps"]
+    for budget in (5, 1):                       # no longer than the budget measured: refused
+        r = cli("reproduce", "--resume", run.name, "--budget-minutes", budget)
+        assert r.exit_code == 2 and "longer --budget-minutes" in r.output, r.output
+
+
+def test_a_measurement_whose_seed_was_polished_cannot_be_extended(cli):
+    args = ["--budget-minutes", 5, "--n", 3, "--up-to", 6,
+            *[x for s in [*ACCESS_CAPPED, "train.polish_steps=20"] for x in ("--set", s)], "--json"]
+    r = cli("reproduce", "access", "--seeds", 6, *args)
+    assert r.exit_code == 0, r.output
+    run = json.loads(r.stdout)[0]["run"]
+    r = cli("reproduce", "--resume", run, "--budget-minutes", 10)
+    assert r.exit_code == 2 and "polished" in r.output and len(r.output.strip().splitlines()) == 1, r.output
 
 
 def test_reproduce_stops_at_ctrl_c_with_a_resumable_run_and_refuses_other_changes(cli):
