@@ -692,8 +692,7 @@ def runs_share(
     runs_dir: RunsDir = Path("runs"),
     json: Json = False,
 ):
-    """One share of seeds solved over several runs of the same setting (seeds 0-15, 16-31, ...), with
-    its 95% Wilson interval; refused where the runs differ in a setting or share a seed."""
+    """One share of seeds solved (95% interval) over runs of one setting on other seeds: 0-15, 16-31, ..."""
     from .shares import pool
     store, runs = RunStore(runs_dir), []
     for ref in run_refs:
