@@ -14,7 +14,7 @@ from . import render
 from .config import ConfigError, check_memory, task_config, to_dict, unroll_bytes
 from .gates import GateError
 from .runtime import keep_freed_memory
-from .runs import RunError, RunStore
+from .runs import REPRODUCE_RESULT, RunError, RunStore
 from .shares import PoolError
 from .tasks import TASKS, TaskError, task
 
@@ -702,13 +702,11 @@ def runs_share(
         st = run.status()
         if not st.get("seeds"):
             raise RunError(f"{run.name}: no per-seed records in its status.json (state {st.get('state', 'unknown')})")
-        result = run.read_json("reproduce.json")
+        result = run.read_json(REPRODUCE_RESULT)
         runs.append({"name": run.name, "config": to_dict(run.config()), "seeds": st["seeds"],
                      "state": st.get("state", "unknown"),
                      "cpu_minutes": result.get("cpu_minutes") if isinstance(result, dict) else None})
     out = pool(runs)
-    for row, run in zip(out["runs"], runs):
-        row["state"] = run["state"]
     render.emit_json(out) if json else render.pooled_share(out)
 
 

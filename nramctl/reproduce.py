@@ -18,6 +18,7 @@ import numpy as np
 from . import native, records
 from .evaluate import generalization
 from .experiment import load_model, new_run, save_progress
+from .runs import REPRODUCE_PLAN as PLAN, REPRODUCE_RESULT as RESULT
 from .shares import counts_as_tried, wilson
 from .tasks import task
 
@@ -31,9 +32,6 @@ PAPER = {  # Table 1: train error, generalization, discretization
 EASY = ["access", "increment", "copy", "reverse", "swap"]
 
 
-PLAN, RESULT = "reproduce-plan.json", "reproduce.json"
-
-
 class Interrupted(Exception):
     """The protocol stopped at a signal; the run holds a checkpoint `reproduce --resume` goes on from."""
 
@@ -41,10 +39,15 @@ class Interrupted(Exception):
 def start_task(store, cfg, budget_s, per_difficulty=20, up_to=50, seed=12345):
     """A new run for the protocol, with its plan (budget, tests) saved beside it: (run, trainer, plan)."""
     cfg.train.until = "all"
-    plan = {"budget_seconds": budget_s, "per_difficulty": per_difficulty, "up_to": up_to, "seed": seed,
-            "phase": "measure"}
+    plan = _measuring(budget_s, per_difficulty, up_to, seed)
     run, trainer = new_run(store, cfg, files={PLAN: plan})
     return run, trainer, plan
+
+
+def _measuring(budget_s, per_difficulty, up_to, seed):
+    """A plan at its start: the budget and the tests, the share to be measured."""
+    return {"budget_seconds": budget_s, "per_difficulty": per_difficulty, "up_to": up_to, "seed": seed,
+            "phase": "measure"}
 
 
 def unfinished(run):
@@ -85,8 +88,7 @@ def extend(run, budget_seconds):
     # each step leaves the run resumable: a crash between them ends in the old result or the new plan
     run.write_json(f"reproduce-{plan['budget_seconds']:.0f}s.json", result)
     (run.path / RESULT).unlink()
-    run.write_json(PLAN, {**{k: plan[k] for k in ("per_difficulty", "up_to", "seed")},
-                          "budget_seconds": budget_seconds, "phase": "measure"})
+    run.write_json(PLAN, _measuring(budget_seconds, plan["per_difficulty"], plan["up_to"], plan["seed"]))
 
 
 def run_task(run, trainer, plan, on_log=None, should_stop=lambda: False):

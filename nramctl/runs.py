@@ -27,6 +27,8 @@ FORMAT, VERSION = "nramctl-checkpoint", 1
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
 RESERVED = ("latest", "pretrained")          # names that address something else
+# what `reproduce` keeps in a run: its plan while it measures and polishes, its result once done
+REPRODUCE_PLAN, REPRODUCE_RESULT = "reproduce-plan.json", "reproduce.json"
 
 
 class RunError(ValueError):

@@ -61,7 +61,7 @@ def _flat(d, prefix=""):
 
 def pool(runs):
     """One share over runs of the same setting. `runs`: dicts with name, config (nested dict),
-    seeds (status.json's per-seed records) and, where `reproduce` measured it, cpu_minutes.
+    seeds (status.json's per-seed records), state and, where `reproduce` measured it, cpu_minutes.
     -> per-run rows and the pooled share; PoolError where they cannot be pooled."""
     if not runs:
         raise PoolError("no runs to pool")
@@ -88,8 +88,8 @@ def pool(runs):
                             f"a free seed, --set train.seed=N)")
         owner.update((r["seed"], run["name"]) for r in tried)
         numbers = sorted(r["seed"] for r in tried)
-        rows.append({"run": run["name"], "seeds": _ranges(numbers), "seeds_tried": len(tried),
-                     "seeds_solved": len(solved), "solved": [r["seed"] for r in solved],
+        rows.append({"run": run["name"], "state": run.get("state"), "seeds": _ranges(numbers),
+                     "seeds_tried": len(tried), "seeds_solved": len(solved), "solved": [r["seed"] for r in solved],
                      "cpu_minutes": run.get("cpu_minutes")})
         solved_all += [{"run": run["name"], "seed": r["seed"], "step": r["solved_step"]} for r in solved]
         tried_all += len(tried)
