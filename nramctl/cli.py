@@ -176,6 +176,8 @@ def train(
         "--M", help="Memory size (alone, it caps the difficulty at the largest this M holds).")] = None,
     difficulty: Annotated[Optional[int], typer.Option(help="Largest difficulty trained on.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Step budget (with --resume: the new budget).")] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="Time budget: minutes of training over every "
+                                                     "session (with --resume: the new budget).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="First seed.")] = None,
     seeds: Annotated[Optional[int], typer.Option(help="Train this many seeds at once.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name (default: the next run-N).")] = None,
@@ -196,14 +198,17 @@ def train(
             raise ConfigError("give either TASK or --resume RUN, not both")
         given = {"--M": M, "--difficulty": difficulty, "--seed": seed, "--seeds": seeds, "--name": name,
                  "--config": config, "--set": set_ or None}
-        run = _to_resume(store, resume_run, given, "run", "only --steps extends its budget; start a new run instead")
+        run = _to_resume(store, resume_run, given, "run",
+                         "only --steps and --minutes extend its budget; start a new run instead")
         from .reproduce import unfinished
         if unfinished(run):
             raise RunError(f"{run.name} is a reproduce run; continue it with: nramctl reproduce --resume {run.name}")
         if tensorboard:
             from .tboard import require
             require()
-        trainer = resume(run, steps)
+        if minutes is not None:
+            _positive("--minutes", minutes)
+        trainer = resume(run, steps, minutes)
         if tensorboard and not trainer.cfg.train.tensorboard:
             from . import tboard
             trainer.cfg.train.tensorboard = True
@@ -218,8 +223,10 @@ def train(
             # --M alone: train at the task's difficulty, or at the largest one this M holds
             t = _fits(task(task_name), M)
             difficulty = min(task_config(task_name, config, set_).difficulty, t.max_difficulty(M))
-        flags = {"M": M, "difficulty": difficulty, "train.steps": steps, "train.seed": seed, "train.seeds": seeds,
-                 "train.tensorboard": "true" if tensorboard else None}
+        if minutes is not None:
+            _positive("--minutes", minutes)
+        flags = {"M": M, "difficulty": difficulty, "train.steps": steps, "train.max_minutes": minutes,
+                 "train.seed": seed, "train.seeds": seeds, "train.tensorboard": "true" if tensorboard else None}
         overrides = list(set_) + [f"{k}={v}" for k, v in flags.items() if v is not None]
         cfg = task_config(task_name, config, overrides)
         if cfg.train.tensorboard:
@@ -544,6 +551,11 @@ def sweep(
     workers: Annotated[Optional[int], typer.Option(help="Local worker processes (default: cores / threads).")] = None,
     threads: Annotated[int, typer.Option(help="Torch threads per run.")] = 1,
     budget_minutes: Annotated[Optional[float], typer.Option(help="Each run's training time.")] = None,
+    halving: Annotated[Optional[int], typer.Option(
+        help="Successive halving: after each rung the best 1/ETA of the settings go on with ETA times the "
+             "budget (their runs resumed).", metavar="ETA")] = None,
+    rungs: Annotated[Optional[int], typer.Option(
+        help="With --halving: at most this many rungs (default: until one setting is left).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster: auto, HOST:PORT or ray://...")] = None,
     ship: Annotated[bool, typer.Option(help="Ray: copy every finished run back to this machine, even where "
                                             "a node sees the runs directory.")] = False,
@@ -575,6 +587,8 @@ def sweep(
     if resume_sweep:
         if target or name:
             raise ConfigError("give either TASK (and --name) or --resume SWEEP, not both")
+        if halving is not None or rungs is not None:
+            raise ConfigError("--halving and --rungs are planned with the sweep; they cannot change on --resume")
         manifest = sw.load(store, resume_sweep)
     elif not target:
         raise ConfigError("missing TASK (or --resume SWEEP, or show SWEEP)")
@@ -585,23 +599,37 @@ def sweep(
             _count(samples, "--samples", 100_000)
         if budget_minutes is not None:
             _positive("--budget-minutes", budget_minutes)
+        if halving is not None and halving < 2:
+            raise ConfigError(f"--halving {halving}: give ETA >= 2 (the best 1/ETA of the settings go on)")
+        if rungs is not None:
+            if halving is None:
+                raise ConfigError("--rungs needs --halving ETA")
+            _count(rungs, "--rungs", 100)
+        if halving and ship:
+            raise ConfigError("--halving resumes runs between rungs, so it needs the runs directory on every "
+                              "node: drop --ship")
         task_name = task(target).name
         make = lambda sweep_name: sw.plan(sweep_name, task_name, set_, samples, sample_seed, seeds, seeds_per_run,
-                                          budget_minutes, config=config)
+                                          budget_minutes, config=config, halving=halving, rungs=rungs)
         manifest = make(name or "sweep-N") if dry_run else sw.create(store, make, name)
     if dry_run:
         render.emit_json(manifest) if json else render.sweep_plan(manifest)
         return
-    todo = sw.commands(store, manifest, threads)
-    if not json:
-        render.console.print(f"{manifest['sweep']}: {len(todo)} run(s) to train "
-                             f"({'Ray at ' + address if address else f'{workers} worker(s) x {threads} thread(s)'})")
     on_done = None if json else lambda name, rc: render.console.print(
         f"  {name}: {'done' if rc == 0 else f'exit {rc}'}")
-    if address:
-        codes = sw.run_ray(store, manifest, todo, threads, address, on_done, ship)
-    else:
-        codes = sw.run_local(store, todo, workers, on_done)
+    where = 'Ray at ' + address if address else f'{workers} worker(s) x {threads} thread(s)'
+    while True:                                    # one pass per rung of successive halving (else one)
+        todo = sw.commands(store, manifest, threads)
+        if not json:
+            h = manifest.get("halving")
+            rung = f", rung {h['rung']}" if h else ""
+            render.console.print(f"{manifest['sweep']}{rung}: {len(todo)} run(s) to train ({where})")
+        if address:
+            codes = sw.run_ray(store, manifest, todo, threads, address, on_done, ship)
+        else:
+            codes = sw.run_local(store, todo, workers, on_done)
+        if any(c[0] != 0 for c in codes.values()) or not sw.promote(store, manifest):
+            break
     out = sw.summary(store, manifest)
     failed = {n: c for n, c in codes.items() if c[0] != 0}
     out["failed_runs"] = {n: c[1] for n, c in failed.items()}

@@ -57,9 +57,9 @@ def start_from(trainer, store, ref):
             trainer.best_params[key].copy_(p)
 
 
-def resume(run, steps=None):
-    """The trainer of an earlier run, exactly as its last checkpoint left it; `steps` extends (or sets)
-    its step budget. A run whose training process is still alive is refused."""
+def resume(run, steps=None, minutes=None):
+    """The trainer of an earlier run, exactly as its last checkpoint left it; `steps` and `minutes` extend
+    (or set) its step and time budgets. A run whose training process is still alive is refused."""
     run.refuse_if_training()
     ck = run.load("last")
     try:
@@ -72,6 +72,12 @@ def resume(run, steps=None):
             raise ConfigError(f"--steps {steps}: {run.name} is already at step {trainer.step}; "
                               "give a larger budget")
         trainer.cfg.train.steps = steps
+    if minutes is not None:
+        if minutes * 60 <= trainer.elapsed:
+            raise ConfigError(f"--minutes {minutes:g}: {run.name} has already trained "
+                              f"{trainer.elapsed / 60:.2f} minutes; give a larger budget")
+        trainer.cfg.train.max_minutes = minutes
+    if steps is not None or minutes is not None:
         validate(trainer.cfg)
         run.write_config(trainer.cfg)
     run.remove_stale_temporaries()

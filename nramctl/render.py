@@ -416,7 +416,9 @@ def pooled_share(out):
 
 def sweep_plan(m):
     t = Table(title=f"{m['sweep']}: {m['task']}, {len(m['settings'])} setting(s) x {m['seeds']} seed(s), "
-                    f"{m['seeds_per_run']} seed(s) per run, budget {m['budget_minutes'] or '-'} min per run")
+                    f"{m['seeds_per_run']} seed(s) per run, budget {m['budget_minutes'] or '-'} min per run"
+                    + (f"; successive halving: the best 1/{m['halving']['eta']} go on with {m['halving']['eta']}x "
+                       f"the budget" if m.get("halving") else ""))
     for c in ("setting", "overrides", "runs (seeds)"):
         t.add_column(c)
     for row in m["settings"]:
@@ -426,14 +428,24 @@ def sweep_plan(m):
 
 
 def sweep_table(out):
-    t = Table(title=f"{out['sweep']}: {out['task']}, settings by share of seeds solved ({out['path']})")
-    for c in ("setting", "config", "runs done", "solved / tried", "share [95% CI]", "median solved step",
-              "best error"):
-        t.add_column(c, justify="right" if c != "config" else "left")
+    halving = any("rung" in r for r in out["rows"])
+    # the overrides every setting shares go under the table, so that the column shows what varies
+    common = set.intersection(*(set(r["config"]) for r in out["rows"])) if len(out["rows"]) > 1 else set()
+    shared = [c for c in out["rows"][0]["config"] if c in common] if common else []
+    t = Table(title=f"{out['sweep']}: {out['task']}, settings by share of seeds solved, then best error "
+                    f"({out['path']})", caption=escape("every setting: " + " ".join(shared)) if shared else None)
+    for c in ("setting", "config", *(("rung (budget)",) if halving else ()), "runs done", "solved / tried",
+              "share [95% CI]", "median solved step", "best error"):
+        if c == "config":
+            t.add_column(c, overflow="fold")   # a long override folds onto the next line, never cut
+        else:
+            t.add_column(c, justify="right")
     for r in out["rows"]:
         sh = "-" if r["share"] is None else \
             f"{100 * r['share']:.0f}% [{100 * r['share_low']:.0f}-{100 * r['share_high']:.0f}%]"
-        t.add_row(str(r["setting"]), escape(" ".join(r["config"]) or "(defaults)"),
+        rung = (f"{r['rung']} ({r['budget']:g} {'min' if r['budget_unit'] == 'minutes' else 'steps'})",) \
+            if halving else ()
+        t.add_row(str(r["setting"]), escape(" ".join(c for c in r["config"] if c not in common) or "(defaults)"), *rung,
                   f"{r['finished_runs']}/{len(r['runs'])}", f"{r['seeds_solved']}/{r['seeds_tried']}", sh,
                   "-" if r["median_solved_step"] is None else f"{r['median_solved_step']:.0f}", pct(r["best_error"]))
     console.print(t)

@@ -7,6 +7,13 @@ Runs are ordinary runs in the runs directory; each records its sweep in environm
 sweep (again) keeps finished runs, resumes interrupted ones and starts the rest, so a killed driver
 loses no finished run. The runs go to W local worker processes of T torch threads each, or to a Ray
 cluster (`address`), one Ray task of T CPUs per run; the summary reads the runs' status files.
+
+Successive halving (`halving: {eta: E, ...}` in the manifest): every setting first trains for the base
+budget (rung 0: the time budget, or the setting's step budget); when every run of a rung has finished,
+the best 1/E of its settings (by share of seeds solved, then the median solved step, then the best
+error) go on to the next rung, whose budget is E times larger, by resuming their runs: no step is
+trained twice. It ends when one setting is left or after the manifest's `rungs`. Each rung's ranking is
+kept in the manifest, so the promotions can be checked afterwards.
 """
 import concurrent.futures
 import itertools
@@ -109,29 +116,100 @@ def settings(sets, samples=None, sample_seed=0):
 
 
 def plan(name, task_name, sets, samples, sample_seed, seeds, per_run, budget_minutes, first_seed=0,
-         config=None):
-    """The manifest of a new sweep; every setting's config is validated here, before anything runs."""
+         config=None, halving=None, rungs=None):
+    """The manifest of a new sweep; every setting's config is validated here, before anything runs.
+    With `halving` (E >= 2): successive halving, at most `rungs` rungs (None: until one setting is left)."""
     rows = []
     for i, overrides in enumerate(settings(sets, samples, sample_seed)):
         runs = []
         for j, lo in enumerate(range(0, seeds, per_run)):
             k = min(per_run, seeds - lo)
             runs.append({"name": f"{name}-{i:03d}-{j}", "seed": first_seed + lo, "seeds": k})
-            task_config(task_name, config, run_sets(runs[-1], overrides, budget_minutes))
+            cfg = task_config(task_name, config, run_sets(runs[-1], overrides, budget_minutes))
         rows.append({"setting": i, "overrides": overrides, "runs": runs})
-    return {"sweep": name, "id": uuid.uuid4().hex, "task": task(task_name).name, "sets": list(sets),
-            "samples": samples,
-            "sample_seed": sample_seed, "seeds": seeds, "seeds_per_run": per_run,
-            "budget_minutes": budget_minutes, "config": str(config) if config else None, "settings": rows}
+        if halving:
+            rows[-1].update(rung=0, steps=cfg.train.steps)
+    manifest = {"sweep": name, "id": uuid.uuid4().hex, "task": task(task_name).name, "sets": list(sets),
+                "samples": samples,
+                "sample_seed": sample_seed, "seeds": seeds, "seeds_per_run": per_run,
+                "budget_minutes": budget_minutes, "config": str(config) if config else None, "settings": rows}
+    if halving:
+        manifest["halving"] = {"eta": halving, "rungs": rungs, "rung": 0, "history": []}
+    return manifest
 
 
-def run_sets(run, overrides, budget_minutes):
+# ---- successive halving ---------------------------------------------------------------------------
+def rank_key(row):
+    """How a summary row ranks: more of its seeds solved, then solved in fewer steps, then a lower best
+    error (the order among settings that solved none)."""
+    inf = math.inf
+    return (-(row["share"] or 0), row["median_solved_step"] if row["median_solved_step"] is not None else inf,
+            row["best_error"] if row["best_error"] is not None else inf)
+
+
+def rung_budget(manifest, row):
+    """('minutes', x) or ('steps', n): the budget of a setting's runs at the rung it has reached."""
+    h = manifest.get("halving")
+    factor = h["eta"] ** row["rung"] if h else 1
+    if manifest["budget_minutes"]:
+        return "minutes", manifest["budget_minutes"] * factor
+    return "steps", row["steps"] * factor if h else None
+
+
+def _budget_flags(store, manifest, row, name):
+    """The --minutes/--steps that take run `name` to its setting's rung budget ([] where it is there)."""
+    h = manifest.get("halving")
+    if not h or row["rung"] == 0:
+        return []
+    kind, budget = rung_budget(manifest, row)
+    run, _ = store.resolve(name)
+    have = run.config().train.max_minutes if kind == "minutes" else run.config().train.steps
+    return [] if have is not None and have >= budget else [f"--{kind}", f"{budget:g}" if kind == "minutes" else str(budget)]
+
+
+def _left(store, manifest, row, name):
+    """(state, the --minutes or --steps it still needs to reach its setting's rung: [] where none)."""
+    state, status = run_status(store, name)
+    if state in ("missing", "running") or status.get("state") == "solved":
+        return state, []
+    return state, _budget_flags(store, manifest, row, name)
+
+
+def promote(store, manifest):
+    """Once every run of the current rung has finished: the best 1/eta of its settings (at least one)
+    move to the next rung and the ranking is recorded. -> the settings promoted ([] when the sweep is
+    over, or the rung not finished)."""
+    h = manifest.get("halving")
+    if not h:
+        return []
+    at = [row for row in manifest["settings"] if row["rung"] == h["rung"]]
+    last = h["rungs"] is not None and h["rung"] + 1 >= h["rungs"]
+    if len(at) <= 1 or last or any(_left(store, manifest, row, r["name"]) != ("done", [])
+                                   for row in at for r in row["runs"]):
+        return []
+    ranked = sorted(summary(store, {**manifest, "settings": at})["rows"], key=rank_key)
+    keep = {r["setting"] for r in ranked[:max(1, len(at) // h["eta"])]}
+    h["history"].append({"rung": h["rung"], "budget": list(rung_budget(manifest, at[0])),
+                         "ranked": [{k: r[k] for k in ("setting", "seeds_solved", "seeds_tried", "median_solved_step",
+                                                       "best_error")} for r in ranked],
+                         "promoted": sorted(keep)})
+    for row in at:
+        if row["setting"] in keep:
+            row["rung"] += 1
+    h["rung"] += 1
+    save(store, manifest)
+    return sorted(keep)
+
+
+def run_sets(run, overrides, budget_minutes, steps=None):
     """A run's --set items: with a time budget the step budget is lifted (unless the setting gives
-    train.steps); then the setting; then the run's seeds, `until: all` and the budget."""
+    train.steps); then the setting; then the run's seeds, `until: all` and the budget (`steps`: a step
+    budget that replaces the setting's, for a run that starts at a later rung of successive halving)."""
     lift = budget_minutes and not any(o.startswith("train.steps=") for o in overrides)
     return ((["train.steps=100000000"] if lift else []) + list(overrides)
             + [f"train.seed={run['seed']}", f"train.seeds={run['seeds']}", "train.until=all"]
-            + ([f"train.max_minutes={budget_minutes}"] if budget_minutes else []))
+            + ([f"train.max_minutes={budget_minutes:g}"] if budget_minutes else [])
+            + ([f"train.steps={steps}"] if steps else []))
 
 
 # ---- the manifest on disk -----------------------------------------------------------------------
@@ -194,17 +272,22 @@ def commands(store, manifest, threads):
     """(run name, argv, env) for every run that still has to train."""
     todo = []
     base = [sys.executable, "-c", "from nramctl.cli import main; main()", "train"]
+    h = manifest.get("halving")
     for row in manifest["settings"]:
+        if h and row["rung"] < h["rung"]:
+            continue                                         # left behind at an earlier rung
         for r in row["runs"]:
-            state, _ = run_status(store, r["name"])
-            if state in ("done", "running"):
+            state, more = _left(store, manifest, row, r["name"])
+            if state == "running" or (state == "done" and not more):
                 continue
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                    "NRAMCTL_SWEEP": f"{manifest['sweep']}/setting-{row['setting']}"}
-            if state == "interrupted":
-                argv = [*base, "--resume", r["name"]]
+            if state != "missing":
+                argv = [*base, "--resume", r["name"], *more]
             else:
-                sets = run_sets(r, row["overrides"], manifest["budget_minutes"])
+                kind, budget = rung_budget(manifest, row)
+                sets = run_sets(r, row["overrides"], budget if kind == "minutes" else None,
+                                budget if kind == "steps" and h and row["rung"] else None)
                 argv = [*base, manifest["task"], "--name", r["name"], *itertools.chain(*(["--set", s] for s in sets))]
                 if manifest.get("config"):
                     argv += ["--config", manifest["config"]]
@@ -274,6 +357,9 @@ def _ray_train(argv, env, root, name, marker):
         shared = not ship and parse_yaml((Path(root) / sweep_name / "sweep.yaml").read_text())["id"] == sweep_id
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         shared = False
+    if not shared and "--resume" in argv:
+        return name, 2, [f"error: {name} is resumed, which needs this node to see the runs directory "
+                         f"{root} (shared storage)"], None
     where = root if shared else tempfile.mkdtemp(prefix="nramctl-")
     rc, err = _train(argv, {**os.environ, **env}, where)
     archive = None
@@ -319,8 +405,10 @@ def summary(store, manifest):
         rows.append({"setting": row["setting"], "config": row["overrides"], "runs": [r["name"] for r in row["runs"]],
                      "finished_runs": states.count("done"), "seeds_tried": tried, "seeds_solved": solved,
                      "share": solved / tried if tried else None, "share_low": low, "share_high": high,
-                     "median_solved_step": statistics.median(steps) if steps else None, "best_error": best})
-    rows.sort(key=lambda r: (-(r["share"] or 0), r["median_solved_step"] or math.inf))
+                     "median_solved_step": statistics.median(steps) if steps else None, "best_error": best,
+                     **(dict(zip(("rung", "budget_unit", "budget"), (row["rung"], *rung_budget(manifest, row))))
+                        if "rung" in row else {})})
+    rows.sort(key=rank_key)
     return {"sweep": manifest["sweep"], "path": str(store.root / manifest["sweep"]), "task": manifest["task"],
             "rows": rows}
 

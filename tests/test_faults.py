@@ -195,6 +195,17 @@ def test_resume_extends_steps_and_refuses_other_overrides(cli):
     assert yaml.safe_load((cli.root / "run-1" / "config.yaml").read_text())["train"]["steps"] == 30
 
 
+def test_minutes_set_and_extend_a_time_budget(cli):
+    trained(cli, "--minutes", 5)
+    cfg = lambda: yaml.safe_load((cli.root / "run-1" / "config.yaml").read_text())["train"]
+    assert cfg()["max_minutes"] == 5
+    one_line_error(cli("train", "--resume", "run-1", "--minutes", 0), "positive")
+    one_line_error(cli("train", "--resume", "run-1", "--minutes", 1e-6), "already trained")
+    r = cli("train", "--resume", "run-1", "--minutes", 7, "--steps", 25, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["steps"] == 25 and cfg()["max_minutes"] == 7 and cfg()["steps"] == 25
+
+
 def test_torn_last_metrics_line_is_dropped_with_a_warning(cli):
     trained(cli)
     metrics = cli.root / "run-1" / "metrics.jsonl"

@@ -129,6 +129,69 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert len(env["sessions"]) == 2 and "--resume" in env["sessions"][1]["command"]   # resumed, not redone
 
 
+EVERY10 = [x if x != "train.eval_every=20" else "train.eval_every=10" for x in FAST]
+
+
+def _best_up_to(root, name, step):
+    """A run's best checked error up to `step`, read from its metrics (what the summary does not use)."""
+    errs = [r["eval_error"] for r in map(json.loads, (root / name / "metrics.jsonl").read_text().splitlines())
+            if "eval_error" in r and r["step"] <= step]
+    return min(errs)
+
+
+def test_successive_halving_resumes_the_best_settings_with_a_larger_budget(tmp_path):
+    root = tmp_path / "runs"
+    lrs = ["0.0001", "0.0003", "0.001", "0.003"]
+    r = sweep(root, "access", "--set", "M=10", "--set", "difficulty=8", "--set", f"train.lr={','.join(lrs)}",
+              "--set", "train.steps=20", "--seeds", 1, "--workers", 1, "--halving", 2, *EVERY10,
+              "--json")
+    assert r.exit_code == 0, r.output
+    h = yaml.safe_load((root / "sweep-1" / "sweep.yaml").read_text())["halving"]
+    assert h["rung"] == 2 and [x["rung"] for x in h["history"]] == [0, 1]
+    runs = {i: f"sweep-1-{i:03d}-0" for i in range(4)}
+    # rung 0: all four at 20 steps; the two with the lowest error up to step 20 (ties: the earlier
+    # setting, as the stable sort keeps it) go on to 40 steps, the better of those two to 80
+    first = sorted(range(4), key=lambda i: _best_up_to(root, runs[i], 20))
+    assert h["history"][0]["promoted"] == sorted(first[:2])
+    second = sorted(first[:2], key=lambda i: _best_up_to(root, runs[i], 40))
+    assert h["history"][1]["promoted"] == [second[0]]
+    want = {i: 20 for i in range(4)} | {i: 40 for i in first[:2]} | {second[0]: 80}
+    for i, name in runs.items():
+        st = json.loads((root / name / "status.json").read_text())
+        steps = [json.loads(x)["step"] for x in (root / name / "metrics.jsonl").read_text().splitlines()]
+        assert st["step"] == want[i] and steps == list(range(10, want[i] + 1, 10)), (i, st["step"], steps)
+        env = json.loads((root / name / "environment.json").read_text())
+        assert len(env["sessions"]) == {20: 1, 40: 2, 80: 3}[want[i]]          # resumed, never retrained
+    rows = {row["setting"]: row for row in json.loads(r.stdout)["rows"]}
+    assert {i: (rows[i]["rung"], rows[i]["budget"]) for i in range(4)} == \
+        {i: ({20: 0, 40: 1, 80: 2}[s], s) for i, s in want.items()}
+    assert json.loads(r.stdout)["rows"][0]["setting"] == second[0]
+    # the same sweep resumed has nothing left to train
+    again = sweep(root, "--resume", "sweep-1", "--workers", 1)
+    assert again.exit_code == 0 and "rung 2: 0 run(s) to train" in again.output, again.output
+    assert "every setting: M=10 difficulty=8" in again.output                # the overrides all four share
+    one_line_error(sweep(root, "--resume", "sweep-1", "--halving", 3), "cannot change on --resume")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--halving", 1], "ETA >= 2"), (["--rungs", 2], "--rungs needs --halving"),
+    (["--halving", 2, "--ship"], "drop --ship"), (["--halving", 2, "--rungs", 0], "between 1 and"),
+])
+def test_bad_halving_options(tmp_path, args, needle):
+    one_line_error(sweep(tmp_path, "access", "--set", "train.lr=0.01,0.003", *args), needle)
+
+
+def test_rungs_cap_the_halving(tmp_path):
+    root = tmp_path / "runs"
+    r = sweep(root, "access", "--set", "M=10", "--set", "difficulty=8", "--set", "train.lr=0.0001,0.0003,0.001",
+              "--set", "train.steps=10", "--seeds", 1, "--workers", 1, "--halving", 2, "--rungs", 2, *EVERY10,
+              "--json")
+    assert r.exit_code == 0, r.output
+    h = yaml.safe_load((root / "sweep-1" / "sweep.yaml").read_text())["halving"]
+    assert h["rung"] == 1 and len(h["history"]) == 1 and len(h["history"][0]["promoted"]) == 1
+    assert sorted(row["budget"] for row in json.loads(r.stdout)["rows"]) == [10, 10, 20]
+
+
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     pytest.importorskip("ray")
