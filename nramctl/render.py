@@ -449,6 +449,10 @@ def sweep_table(out):
                   f"{r['finished_runs']}/{len(r['runs'])}", f"{r['seeds_solved']}/{r['seeds_tried']}", sh,
                   "-" if r["median_solved_step"] is None else f"{r['median_solved_step']:.0f}", pct(r["best_error"]))
     console.print(t)
+    for h in out.get("halving", {}).get("history", []):
+        kind, budget = h["budget"]
+        console.print(f"rung {h['rung']} ({budget:g} {'min' if kind == 'minutes' else 'steps'}): "
+                      f"{len(h['ranked'])} setting(s), went on: {', '.join(map(str, h['promoted']))}")
 
 
 class BasinProgress:

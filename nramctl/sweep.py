@@ -410,7 +410,7 @@ def summary(store, manifest):
                         if "rung" in row else {})})
     rows.sort(key=rank_key)
     return {"sweep": manifest["sweep"], "path": str(store.root / manifest["sweep"]), "task": manifest["task"],
-            "rows": rows}
+            "rows": rows, **({"halving": manifest["halving"]} if manifest.get("halving") else {})}
 
 
 def is_sweep(store, name):

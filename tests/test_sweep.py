@@ -170,6 +170,8 @@ def test_successive_halving_resumes_the_best_settings_with_a_larger_budget(tmp_p
     again = sweep(root, "--resume", "sweep-1", "--workers", 1)
     assert again.exit_code == 0 and "rung 2: 0 run(s) to train" in again.output, again.output
     assert "every setting: M=10 difficulty=8" in again.output                # the overrides all four share
+    assert f"rung 0 (20 steps): 4 setting(s), went on: {', '.join(map(str, sorted(first[:2])))}" in again.output
+    assert json.loads(r.stdout)["halving"]["history"] == h["history"]
     one_line_error(sweep(root, "--resume", "sweep-1", "--halving", 3), "cannot change on --resume")
 
 
