@@ -193,6 +193,8 @@ def train(
     """Train a model on a task with the paper's method; writes runs/run-N."""
     from .experiment import new_run, resume, seed_results, train as train_run
     store = RunStore(runs_dir)
+    if minutes is not None:
+        _positive("--minutes", minutes)
     if resume_run:
         if task_name:
             raise ConfigError("give either TASK or --resume RUN, not both")
@@ -206,8 +208,6 @@ def train(
         if tensorboard:
             from .tboard import require
             require()
-        if minutes is not None:
-            _positive("--minutes", minutes)
         trainer = resume(run, steps, minutes)
         if tensorboard and not trainer.cfg.train.tensorboard:
             from . import tboard
@@ -223,8 +223,6 @@ def train(
             # --M alone: train at the task's difficulty, or at the largest one this M holds
             t = _fits(task(task_name), M)
             difficulty = min(task_config(task_name, config, set_).difficulty, t.max_difficulty(M))
-        if minutes is not None:
-            _positive("--minutes", minutes)
         flags = {"M": M, "difficulty": difficulty, "train.steps": steps, "train.max_minutes": minutes,
                  "train.seed": seed, "train.seeds": seeds, "train.tensorboard": "true" if tensorboard else None}
         overrides = list(set_) + [f"{k}={v}" for k, v in flags.items() if v is not None]
@@ -628,10 +626,10 @@ def sweep(
             codes = sw.run_ray(store, manifest, todo, threads, address, on_done, ship)
         else:
             codes = sw.run_local(store, todo, workers, on_done)
-        if any(c[0] != 0 for c in codes.values()) or not sw.promote(store, manifest):
+        failed = {n: c for n, c in codes.items() if c[0] != 0}
+        if failed or not sw.promote(store, manifest):
             break
     out = sw.summary(store, manifest)
-    failed = {n: c for n, c in codes.items() if c[0] != 0}
     out["failed_runs"] = {n: c[1] for n, c in failed.items()}
     render.emit_json(out) if json else render.sweep_table(out)
     if failed:

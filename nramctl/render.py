@@ -427,6 +427,10 @@ def sweep_plan(m):
     console.print(t)
 
 
+def _rung_budget(unit, budget):
+    return f"{budget:g} {'min' if unit == 'minutes' else 'steps'}"
+
+
 def sweep_table(out):
     halving = any("rung" in r for r in out["rows"])
     # the overrides every setting shares go under the table, so that the column shows what varies
@@ -443,15 +447,13 @@ def sweep_table(out):
     for r in out["rows"]:
         sh = "-" if r["share"] is None else \
             f"{100 * r['share']:.0f}% [{100 * r['share_low']:.0f}-{100 * r['share_high']:.0f}%]"
-        rung = (f"{r['rung']} ({r['budget']:g} {'min' if r['budget_unit'] == 'minutes' else 'steps'})",) \
-            if halving else ()
+        rung = (f"{r['rung']} ({_rung_budget(r['budget_unit'], r['budget'])})",) if halving else ()
         t.add_row(str(r["setting"]), escape(" ".join(c for c in r["config"] if c not in common) or "(defaults)"), *rung,
                   f"{r['finished_runs']}/{len(r['runs'])}", f"{r['seeds_solved']}/{r['seeds_tried']}", sh,
                   "-" if r["median_solved_step"] is None else f"{r['median_solved_step']:.0f}", pct(r["best_error"]))
     console.print(t)
     for h in out.get("halving", {}).get("history", []):
-        kind, budget = h["budget"]
-        console.print(f"rung {h['rung']} ({budget:g} {'min' if kind == 'minutes' else 'steps'}): "
+        console.print(f"rung {h['rung']} ({_rung_budget(*h['budget'])}): "
                       f"{len(h['ranked'])} setting(s), went on: {', '.join(map(str, h['promoted']))}")
 
 

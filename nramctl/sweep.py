@@ -163,7 +163,8 @@ def _budget_flags(store, manifest, row, name):
         return []
     kind, budget = rung_budget(manifest, row)
     run, _ = store.resolve(name)
-    have = run.config().train.max_minutes if kind == "minutes" else run.config().train.steps
+    train = run.config().train
+    have = train.max_minutes if kind == "minutes" else train.steps
     return [] if have is not None and have >= budget else [f"--{kind}", f"{budget:g}" if kind == "minutes" else str(budget)]
 
 
@@ -402,12 +403,15 @@ def summary(store, manifest):
                 if s.get("best_error") is not None:
                     best = s["best_error"] if best is None else min(best, s["best_error"])
         low, high = wilson(solved, tried)
+        rung = {}
+        if "rung" in row:                              # successive halving: the rung reached, its budget
+            unit, budget = rung_budget(manifest, row)
+            rung = {"rung": row["rung"], "budget_unit": unit, "budget": budget}
         rows.append({"setting": row["setting"], "config": row["overrides"], "runs": [r["name"] for r in row["runs"]],
                      "finished_runs": states.count("done"), "seeds_tried": tried, "seeds_solved": solved,
                      "share": solved / tried if tried else None, "share_low": low, "share_high": high,
                      "median_solved_step": statistics.median(steps) if steps else None, "best_error": best,
-                     **(dict(zip(("rung", "budget_unit", "budget"), (row["rung"], *rung_budget(manifest, row))))
-                        if "rung" in row else {})})
+                     **rung})
     rows.sort(key=rank_key)
     return {"sweep": manifest["sweep"], "path": str(store.root / manifest["sweep"]), "task": manifest["task"],
             "rows": rows, **({"halving": manifest["halving"]} if manifest.get("halving") else {})}
