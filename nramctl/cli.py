@@ -259,6 +259,8 @@ def eval_cmd(
     discrete: Annotated[bool, typer.Option(help="Run the discretized machine.")] = False,
     M: MemOpt = None,
     extra: Extra = "0",
+    cells: Annotated[bool, typer.Option("--cells", help="Also the error of each output cell (the k-th "
+                                        "scored cell in memory order): where a model goes wrong.")] = False,
     seed: Seed = 12345,
     runs_dir: RunsDir = Path("runs"),
     json: Json = False,
@@ -270,10 +272,13 @@ def eval_cmd(
     _extend(cfg, extra)
     M, d = _memory(cfg, M, difficulty, fuzzy=not discrete)
     import numpy as np
-    res = evaluate(model, cfg, M, np.full(n, d), np.random.default_rng(seed), discrete)
+    res = evaluate(model, cfg, M, np.full(n, d), np.random.default_rng(seed), discrete, cells=cells)
     out = {"run": name, "task": cfg.task, "M": M, "difficulty": d, "n": n, "discrete": discrete,
            "T": cfg.T_of(d), "extra_steps": extra,
            "error": float(res["error"][0]), "example_error": float(res["example_error"][0])}
+    if cells:
+        out["cells"] = [{"cell": k, "scored": int(s), "wrong": int(w), "error": float(w / s)}
+                        for k, (w, s) in enumerate(zip(res["cell_wrong"][0], res["cell_scored"][0]))]
     render.emit_json(out) if json else render.eval_result(out)
 
 

@@ -42,10 +42,21 @@ def chunk_size(M, S=1, most=250):
     return max(1, min(most, CHUNK_BYTES // (4 * 4 * M * M * S)))
 
 
-def _tally(model, cfg, M, difficulties, rng, modes, chunk=None):
+def by_output_cell(wrong, mask):
+    """Wrong and scored counts by output cell: the k-th scored cell of each row (in memory order) is
+    output cell k. wrong, mask: bool [S, E, M] -> two int arrays [S, M]."""
+    rank = (mask.long().cumsum(2) - 1).clamp_min(0)           # k for the k-th scored cell of a row
+    S, _, M = mask.shape
+    scored = torch.zeros(S, M, dtype=torch.long).scatter_add_(1, rank.view(S, -1), mask.long().view(S, -1))
+    bad = torch.zeros(S, M, dtype=torch.long).scatter_add_(1, rank.view(S, -1), (wrong & mask).long().view(S, -1))
+    return bad.numpy(), scored.numpy()
+
+
+def _tally(model, cfg, M, difficulties, rng, modes, chunk=None, cells=None):
     """Run each mode ("fuzzy", "discrete") on the same fresh examples, in chunks of examples; per seed
     [S] counts of wrong cells and wrong examples per mode, scored cells, and examples on which the
-    modes agree."""
+    modes agree. `cells`, a dict, also receives per mode the wrong and scored counts by output cell
+    ([S, M] each, `by_output_cell`)."""
     S = model.S
     chunk = chunk or chunk_size(M, S)
     wrong = {m: 0 for m in modes}
@@ -60,6 +71,10 @@ def _tally(model, cfg, M, difficulties, rng, modes, chunk=None):
             w = ((pred != b.target) & b.mask).view(shape)
             wrong[m] = wrong[m] + w.sum((1, 2)).numpy()
             bad[m] = bad[m] + w.any(2).sum(1).numpy()
+            if cells is not None:
+                cw, cs = by_output_cell(w, b.mask.view(shape))
+                old = cells.get(m, (0, 0))
+                cells[m] = (old[0] + cw, old[1] + cs)
         scored = scored + b.mask.view(shape).sum((1, 2)).numpy()
         if len(preds) == 2:
             differ = ((preds["fuzzy"] != preds["discrete"]) & b.mask).view(shape).any(2)
@@ -67,12 +82,19 @@ def _tally(model, cfg, M, difficulties, rng, modes, chunk=None):
     return wrong, bad, np.maximum(scored, 1), agree
 
 
-def evaluate(model, cfg, M, difficulties, rng, discrete=False):
+def evaluate(model, cfg, M, difficulties, rng, discrete=False, cells=False):
     """Error of every seed on fresh examples with the given difficulties (an array): dict of [S]
-    arrays error and example_error."""
+    arrays error and example_error; with `cells`, also cell_wrong and cell_scored ([S, K]: wrong and
+    scored counts of output cells 0..K-1, K the most cells any example scores)."""
     mode = "discrete" if discrete else "fuzzy"
-    wrong, bad, scored, _ = _tally(model, cfg, M, difficulties, rng, [mode])
-    return {"error": wrong[mode] / scored, "example_error": bad[mode] / len(difficulties)}
+    by_cell = {} if cells else None
+    wrong, bad, scored, _ = _tally(model, cfg, M, difficulties, rng, [mode], cells=by_cell)
+    out = {"error": wrong[mode] / scored, "example_error": bad[mode] / len(difficulties)}
+    if cells:
+        cw, cs = by_cell[mode]
+        K = int((cs.sum(0) > 0).sum())
+        out.update(cell_wrong=cw[:, :K], cell_scored=cs[:, :K])
+    return out
 
 
 def compare(model, cfg, M, difficulties, rng):

@@ -170,6 +170,14 @@ def eval_result(r):
     t.add_column("example error", justify="right")
     t.add_row(pct(r["error"]), pct(r["example_error"]))
     console.print(t)
+    if r.get("cells"):
+        c = Table(title="error by output cell")
+        for col in ("cell", "scored", "wrong", "error"):
+            c.add_column(col, justify="right")
+        for row in r["cells"]:
+            c.add_row(str(row["cell"]), f"{row['scored']:,}", f"{row['wrong']:,}", pct(row["error"]),
+                      style="green" if row["wrong"] == 0 else None)
+        console.print(c)
 
 
 def generalization(r):

@@ -74,6 +74,37 @@ def test_eval_generalize_inspect_runs(cli):
     assert rows[0]["name"] == "run-1" and set(rows[0]) >= {"name", "task", "M", "steps", "best_error", "state"}
 
 
+def test_by_output_cell_against_a_plain_count():
+    from nramctl.evaluate import by_output_cell
+    g = torch.Generator().manual_seed(3)
+    S, E, M = 2, 7, 9
+    mask = torch.rand(S, E, M, generator=g) < 0.5
+    wrong = torch.rand(S, E, M, generator=g) < 0.4
+    bad, scored = by_output_cell(wrong, mask)
+    want_bad, want_scored = [[0] * M for _ in range(S)], [[0] * M for _ in range(S)]
+    for s in range(S):
+        for e in range(E):
+            k = 0
+            for c in range(M):
+                if mask[s, e, c]:
+                    want_scored[s][k] += 1
+                    want_bad[s][k] += int(wrong[s, e, c])
+                    k += 1
+    assert bad.tolist() == want_bad and scored.tolist() == want_scored
+
+
+def test_eval_by_output_cell(cli):
+    r = cli("eval", "pretrained/copy", "--difficulty", 5, "--n", 30, "--cells", "--json")
+    cells = json.loads(r.stdout)["cells"]
+    assert [(c["cell"], c["scored"], c["wrong"]) for c in cells] == [(k, 30, 0) for k in range(5)]
+    trained(cli)
+    ev = json.loads(cli("eval", "run-1", "--n", 40, "--difficulty", 3, "--cells", "--json").stdout)
+    assert [c["scored"] for c in ev["cells"]] == [40, 40, 40]
+    assert sum(c["wrong"] for c in ev["cells"]) / 120 == pytest.approx(ev["error"])
+    r = cli("eval", "run-1", "--n", 40, "--difficulty", 3, "--cells")
+    assert r.exit_code == 0 and "error by output cell" in r.output
+
+
 def test_tasks_list_and_sample(cli):
     r = CliRunner().invoke(app, ["tasks", "--json"])
     assert len(json.loads(r.stdout)) == 10
