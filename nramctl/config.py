@@ -83,6 +83,11 @@ class EntropyConfig:
 class PopulationConfig:
     mode: str = "off"                            # off | restart | exploit (see population.py)
     patience: int = 0                            # steps without a better best error before a seed is stuck
+    # A deadline (0 = none): a seed whose best error is still above deadline_error after this many
+    # steps of its own (from its start or restart) is stuck too. Unlike patience it spares a seed
+    # that left the plateau and then improves slowly, and judges one that drifts along it.
+    deadline: int = 0
+    deadline_error: float = 0.5
     top: float = 0.25                            # exploit: share of the seeds that can be copied
     perturb: List[float] = field(default_factory=lambda: [0.8, 1.25])   # exploit: lr factors
 
@@ -240,8 +245,9 @@ def validate(cfg):
     need(tr.until in ("first", "all"), "train.until", tr.until, "must be first or all")
     need(tr.population.mode in ("off", "restart", "exploit"), "train.population.mode", tr.population.mode,
          "must be off, restart or exploit")
-    need(tr.population.mode == "off" or tr.population.patience > 0, "train.population.patience",
-         tr.population.patience, f"must be positive with population mode {tr.population.mode}")
+    need(tr.population.mode == "off" or tr.population.patience > 0 or tr.population.deadline > 0,
+         "train.population.patience", tr.population.patience,
+         f"must be positive with population mode {tr.population.mode} (or set train.population.deadline)")
     need(c.p_any + c.p_upto <= 1, "train.curriculum.p_any", c.p_any, "and p_upto must sum to at most 1")
     try:
         circuit(m.gates, m.repeat)
@@ -271,7 +277,8 @@ RANGES = [
     ("train.entropy.coef", -100.0, 100.0), ("train.entropy.decay", 0, 1), ("train.entropy.start", 0, 10**9),
     ("train.lr_decay", 0, 1), ("train.dropout", 0, 0.9), ("train.logit_noise", 0, 100.0),
     ("train.logit_noise_decay", 0, 1),
-    ("train.population.patience", 0, 10**9), ("train.population.top", 0.01, 1), ("train.extra_steps", 0, 10**6),
+    ("train.population.patience", 0, 10**9), ("train.population.deadline", 0, 10**9),
+    ("train.population.deadline_error", 0, 1), ("train.population.top", 0.01, 1), ("train.extra_steps", 0, 10**6),
     ("train.polish_extra_steps", 0, 10**6),
 ]
 

@@ -76,10 +76,15 @@ class Population:
         self.rng = np.random.default_rng([cfg.train.seed, 3])
 
     def stuck(self, trainer, s):
-        """Seed s has not improved its best error for `patience` steps and is not solved."""
+        """Seed s is not solved, and has not improved its best error for `patience` steps, or its best
+        error is still above `deadline_error` after `deadline` steps of its own."""
         c = self.cfg
-        return (trainer.solved_step[s] is None and c.patience
-                and trainer.step - trainer.last_improved[s] >= c.patience)
+        if trainer.solved_step[s] is not None:
+            return False
+        if c.patience and trainer.step - trainer.last_improved[s] >= c.patience:
+            return True
+        return bool(c.deadline and trainer.step - trainer.adam_start[s] >= c.deadline
+                    and trainer.best_error[s] > c.deadline_error)
 
     def refills(self):
         """Restarts also refill the slot of a seed that finished (with `until: all`): a search keeps

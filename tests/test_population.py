@@ -156,6 +156,37 @@ def test_stuck_seeds_restart_under_the_population_policy():
     assert len(tr.all_seeds()) == 4 + len(events)
 
 
+def test_a_deadline_judges_a_seed_by_its_own_age_and_best_error():
+    from nramctl.population import Population
+    tr = _trainer(**{"train.population.mode": "restart", "train.population.deadline": 50,
+                     "train.population.deadline_error": 0.3})
+    tr.step, tr.adam_start = 100, [0, 0, 70, 0]
+    tr.best_error = [0.2, 0.6, 0.6, 0.6]              # below; above; above but 30 steps old; solved
+    tr.last_improved = [0, 0, 0, 0]                    # no patience: long stagnation alone is fine
+    tr.solved_step[3] = 90
+    pop = Population(tr.cfg)
+    assert [bool(pop.stuck(tr, s)) for s in range(4)] == [False, True, False, False]
+    tr.step = 120                                      # seed 2 is 50 steps old now
+    assert [bool(pop.stuck(tr, s)) for s in range(4)] == [False, True, True, False]
+
+
+def test_a_deadline_restarts_every_seed_not_below_it_at_that_age():
+    tr = _trainer(**{"train.population.mode": "restart", "train.population.deadline": 20,
+                     "train.population.deadline_error": 0,
+                     "train.eval_every": 10, "train.steps": 50, "train.eval_examples": 20})
+    events = []
+    tr.run(on_log=lambda recs: events.extend(r for r in recs if "event" in r))
+    assert sorted((e["step"], e["replaces"]) for e in events) == \
+        [(20, 0), (20, 1), (20, 2), (20, 3), (40, 4), (40, 5), (40, 6), (40, 7)]
+
+
+def test_restarts_need_a_patience_or_a_deadline():
+    from nramctl.config import ConfigError
+    with pytest.raises(ConfigError, match="train.population.deadline"):
+        _trainer(**{"train.population.mode": "restart"})
+    _trainer(**{"train.population.mode": "restart", "train.population.deadline": 100})
+
+
 def test_retired_seeds_survive_a_checkpoint_round_trip():
     tr = _trainer(**{"train.until": "all"})
     for _ in range(3):
