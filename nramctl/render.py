@@ -446,19 +446,30 @@ def sweep_table(out):
     shared = [c for c in out["rows"][0]["config"] if c in common] if common else []
     t = Table(title=f"{out['sweep']}: {out['task']}, settings by share of seeds solved, then best error "
                     f"({out['path']})", caption=escape("every setting: " + " ".join(shared)) if shared else None)
-    for c in ("setting", "config", *(("rung (budget)",) if halving else ()), "runs done", "solved / tried",
-              "share [95% CI]", "median solved step", "best error"):
-        if c == "config":
-            t.add_column(c, overflow="fold")   # a long override folds onto the next line, never cut
-        else:
-            t.add_column(c, justify="right")
+    rows = []
     for r in out["rows"]:
         sh = "-" if r["share"] is None else \
             f"{100 * r['share']:.0f}% [{100 * r['share_low']:.0f}-{100 * r['share_high']:.0f}%]"
         rung = (f"{r['rung']} ({_rung_budget(r['budget_unit'], r['budget'])})",) if halving else ()
-        t.add_row(str(r["setting"]), escape(" ".join(c for c in r["config"] if c not in common) or "(defaults)"), *rung,
-                  f"{r['finished_runs']}/{len(r['runs'])}", f"{r['seeds_solved']}/{r['seeds_tried']}", sh,
-                  "-" if r["median_solved_step"] is None else f"{r['median_solved_step']:.0f}", pct(r["best_error"]))
+        rows.append((str(r["setting"]), escape("\n".join(c for c in r["config"] if c not in common) or "(defaults)"),
+                     *rung, f"{r['finished_runs']}/{len(r['runs'])}", f"{r['seeds_solved']}/{r['seeds_tried']}", sh,
+                     "-" if r["median_solved_step"] is None else f"{r['median_solved_step']:.0f}",
+                     pct(r["best_error"])))
+    heads = ("setting", "config", *(("rung (budget)",) if halving else ()), "runs done", "solved / tried",
+             "share [95% CI]", "median solved step", "best error")
+    def width(i, head):
+        return max(len(head), *(len(line) for row in rows for line in row[i].split("\n")))
+    # where the table would not fit, each figure column is no wider than its figures (its header
+    # wraps), so that the overrides keep the room
+    narrow = sum(width(i, c) + 3 for i, c in enumerate(heads)) + 1 > console.width
+    for i, c in enumerate(heads):
+        if c == "config":
+            t.add_column(c, overflow="fold")     # one override a line; a long one folds, never cut
+        else:
+            fit = max(max(len(w) for w in c.split()), *(len(row[i]) for row in rows))
+            t.add_column(c, justify="right", max_width=fit if narrow else None)
+    for row in rows:
+        t.add_row(*row)
     console.print(t)
     for h in out.get("halving", {}).get("history", []):
         console.print(f"rung {h['rung']} ({_rung_budget(*h['budget'])}): "
