@@ -623,20 +623,28 @@ def sweep(
     where = 'Ray at ' + address if address else f'{workers} worker(s) x {threads} thread(s)'
     while True:                                    # one pass per rung of successive halving (else one)
         todo = sw.commands(store, manifest, threads)
+        busy = sw.busy(store, manifest)            # trained by a live process: left to it
         if not json:
             h = manifest.get("halving")
             rung = f", rung {h['rung']}" if h else ""
-            render.console.print(f"{manifest['sweep']}{rung}: {len(todo)} run(s) to train ({where})")
+            render.console.print(f"{manifest['sweep']}{rung}: {len(todo)} run(s) to train ({where})"
+                                 + (f"; {len(busy)} being trained by another process" if busy else ""))
         if address:
             codes = sw.run_ray(store, manifest, todo, threads, address, on_done, ship)
         else:
             codes = sw.run_local(store, todo, workers, on_done)
         failed = {n: c for n, c in codes.items() if c[0] != 0}
-        if failed or not sw.promote(store, manifest):
+        if failed or busy or not sw.promote(store, manifest):
             break
     out = sw.summary(store, manifest)
     out["failed_runs"] = {n: c[1] for n, c in failed.items()}
+    out["busy_runs"] = {n: st.get("pid") for n, st in busy}
     render.emit_json(out) if json else render.sweep_table(out)
+    if busy and not failed:
+        name, st = busy[0]
+        render.error(f"{len(busy)} run(s) left to the process training them (e.g. {name}: process "
+                     f"{st.get('pid')} on {st.get('host')}); once it ends: nramctl sweep --resume {manifest['sweep']}")
+        raise Abort(1)
     if failed:
         render.error(f"{len(failed)} run(s) did not finish (e.g. {next(iter(failed))}: "
                      f"{' '.join(next(iter(failed.values()))[1]) or 'interrupted'}); "

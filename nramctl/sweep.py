@@ -269,30 +269,41 @@ def run_status(store, name):
     return ("done" if state in ("solved", "budget") else "running" if state == "running" else "interrupted"), st
 
 
+def _current(manifest):
+    """(setting row, run) for every run of the settings still in the sweep (with successive halving,
+    those at the current rung; the rest were left behind at an earlier one)."""
+    h = manifest.get("halving")
+    return [(row, r) for row in manifest["settings"] if not (h and row["rung"] < h["rung"]) for r in row["runs"]]
+
+
+def busy(store, manifest):
+    """(run name, status) of the sweep's runs that a live process is training now (another driver,
+    or a worker not yet gone): a resumed sweep leaves them to it."""
+    return [(r["name"], st) for _, r in _current(manifest)
+            for state, st in [run_status(store, r["name"])] if state == "running"]
+
+
 def commands(store, manifest, threads):
     """(run name, argv, env) for every run that still has to train."""
     todo = []
     base = [sys.executable, "-c", "from nramctl.cli import main; main()", "train"]
     h = manifest.get("halving")
-    for row in manifest["settings"]:
-        if h and row["rung"] < h["rung"]:
-            continue                                         # left behind at an earlier rung
-        for r in row["runs"]:
-            state, more = _left(store, manifest, row, r["name"])
-            if state == "running" or (state == "done" and not more):
-                continue
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                   "NRAMCTL_SWEEP": f"{manifest['sweep']}/setting-{row['setting']}"}
-            if state != "missing":
-                argv = [*base, "--resume", r["name"], *more]
-            else:
-                kind, budget = rung_budget(manifest, row)
-                sets = run_sets(r, row["overrides"], budget if kind == "minutes" else None,
-                                budget if kind == "steps" and h and row["rung"] else None)
-                argv = [*base, manifest["task"], "--name", r["name"], *itertools.chain(*(["--set", s] for s in sets))]
-                if manifest.get("config"):
-                    argv += ["--config", manifest["config"]]
-            todo.append((r["name"], argv, env))
+    for row, r in _current(manifest):
+        state, more = _left(store, manifest, row, r["name"])
+        if state == "running" or (state == "done" and not more):
+            continue
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+               "NRAMCTL_SWEEP": f"{manifest['sweep']}/setting-{row['setting']}"}
+        if state != "missing":
+            argv = [*base, "--resume", r["name"], *more]
+        else:
+            kind, budget = rung_budget(manifest, row)
+            sets = run_sets(r, row["overrides"], budget if kind == "minutes" else None,
+                            budget if kind == "steps" and h and row["rung"] else None)
+            argv = [*base, manifest["task"], "--name", r["name"], *itertools.chain(*(["--set", s] for s in sets))]
+            if manifest.get("config"):
+                argv += ["--config", manifest["config"]]
+        todo.append((r["name"], argv, env))
     return todo
 
 

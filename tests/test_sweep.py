@@ -119,6 +119,10 @@ def test_resume_after_the_driver_is_killed(tmp_path):
         time.sleep(0.05)                                               # the second run is under way
     os.killpg(proc.pid, signal.SIGKILL)                                # the driver and its workers
     proc.wait()
+    from nramctl.runs import RunStore
+    from nramctl.sweep import run_status
+    while time.time() < deadline and run_status(RunStore(root), "sweep-1-000-1")[0] == "running":
+        time.sleep(0.05)                               # its worker too is gone (a loaded machine is slow)
     done_before = (root / "sweep-1-000-0" / "checkpoints" / "last.pt").stat().st_mtime_ns
     r = sweep(root, "--resume", "sweep-1", "--workers", 1, "--json")
     assert r.exit_code == 0, r.output
@@ -137,6 +141,26 @@ def _best_up_to(root, name, step):
     errs = [r["eval_error"] for r in map(json.loads, (root / name / "metrics.jsonl").read_text().splitlines())
             if "eval_error" in r and r["step"] <= step]
     return min(errs)
+
+
+def test_resume_leaves_a_run_that_a_live_process_trains_and_says_so(tmp_path):
+    import socket
+    root = tmp_path / "runs"
+    r = sweep(root, "access", "--set", "train.lr=0.003,0.01", "--seeds", 1, "--workers", 1, "--set",
+              "train.steps=20", *FAST, "--json")
+    assert r.exit_code == 0, r.output
+    run = root / "sweep-1-001-0"
+    before = (run / "checkpoints" / "last.pt").stat().st_mtime_ns
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "state": "running", "pid": os.getpid(),
+                                                 "host": socket.gethostname()}))   # as if this process trained it
+    r = sweep(root, "--resume", "sweep-1", "--json")
+    assert r.exit_code == 1
+    assert json.loads(r.stdout)["busy_runs"] == {"sweep-1-001-0": os.getpid()}
+    assert f"left to the process training them (e.g. sweep-1-001-0: process {os.getpid()}" in r.output
+    assert (run / "checkpoints" / "last.pt").stat().st_mtime_ns == before     # not touched
+    (run / "status.json").write_text(json.dumps(status))                      # once it ends
+    assert sweep(root, "--resume", "sweep-1").exit_code == 0
 
 
 def test_successive_halving_resumes_the_best_settings_with_a_larger_budget(tmp_path):
