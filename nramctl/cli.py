@@ -622,8 +622,7 @@ def sweep(
         f"  {name}: {'done' if rc == 0 else f'exit {rc}'}")
     where = 'Ray at ' + address if address else f'{workers} worker(s) x {threads} thread(s)'
     while True:                                    # one pass per rung of successive halving (else one)
-        todo = sw.commands(store, manifest, threads)
-        busy = sw.busy(store, manifest)            # trained by a live process: left to it
+        todo, busy = sw.commands(store, manifest, threads)    # busy: trained by a live process, left to it
         if not json:
             h = manifest.get("halving")
             rung = f", rung {h['rung']}" if h else ""

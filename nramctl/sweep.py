@@ -169,11 +169,12 @@ def _budget_flags(store, manifest, row, name):
 
 
 def _left(store, manifest, row, name):
-    """(state, the --minutes or --steps it still needs to reach its setting's rung: [] where none)."""
+    """(state, the --minutes or --steps it still needs to reach its setting's rung: [] where none,
+    its status.json)."""
     state, status = run_status(store, name)
     if state in ("missing", "running") or status.get("state") == "solved":
-        return state, []
-    return state, _budget_flags(store, manifest, row, name)
+        return state, [], status
+    return state, _budget_flags(store, manifest, row, name), status
 
 
 def promote(store, manifest):
@@ -185,7 +186,7 @@ def promote(store, manifest):
         return []
     at = [row for row in manifest["settings"] if row["rung"] == h["rung"]]
     last = h["rungs"] is not None and h["rung"] + 1 >= h["rungs"]
-    if len(at) <= 1 or last or any(_left(store, manifest, row, r["name"]) != ("done", [])
+    if len(at) <= 1 or last or any(_left(store, manifest, row, r["name"])[:2] != ("done", [])
                                    for row in at for r in row["runs"]):
         return []
     ranked = sorted(summary(store, {**manifest, "settings": at})["rows"], key=rank_key)
@@ -269,27 +270,18 @@ def run_status(store, name):
     return ("done" if state in ("solved", "budget") else "running" if state == "running" else "interrupted"), st
 
 
-def _current(manifest):
-    """(setting row, run) for every run of the settings still in the sweep (with successive halving,
-    those at the current rung; the rest were left behind at an earlier one)."""
-    h = manifest.get("halving")
-    return [(row, r) for row in manifest["settings"] if not (h and row["rung"] < h["rung"]) for r in row["runs"]]
-
-
-def busy(store, manifest):
-    """(run name, status) of the sweep's runs that a live process is training now (another driver,
-    or a worker not yet gone): a resumed sweep leaves them to it."""
-    return [(r["name"], st) for _, r in _current(manifest)
-            for state, st in [run_status(store, r["name"])] if state == "running"]
-
-
 def commands(store, manifest, threads):
-    """(run name, argv, env) for every run that still has to train."""
-    todo = []
+    """(todo, busy): (run name, argv, env) for every run that still has to train, and (run name,
+    status) for every run a live process is training now (another driver, or a worker not yet gone),
+    which is left to it. With successive halving, only the settings at the current rung."""
+    todo, busy = [], []
     base = [sys.executable, "-c", "from nramctl.cli import main; main()", "train"]
     h = manifest.get("halving")
-    for row, r in _current(manifest):
-        state, more = _left(store, manifest, row, r["name"])
+    for row, r in [(row, r) for row in manifest["settings"] if not (h and row["rung"] < h["rung"])
+                   for r in row["runs"]]:
+        state, more, status = _left(store, manifest, row, r["name"])
+        if state == "running":
+            busy.append((r["name"], status))
         if state == "running" or (state == "done" and not more):
             continue
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
@@ -304,7 +296,7 @@ def commands(store, manifest, threads):
             if manifest.get("config"):
                 argv += ["--config", manifest["config"]]
         todo.append((r["name"], argv, env))
-    return todo
+    return todo, busy
 
 
 def _train(argv, env, runs_dir):
