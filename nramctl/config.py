@@ -88,6 +88,10 @@ class PopulationConfig:
     # that left the plateau and then improves slowly, and judges one that drifts along it.
     deadline: int = 0
     deadline_error: float = 0.5
+    # A schedule of deadlines, [[steps, error], ...]: each pair is one more deadline as above, so that
+    # a seed must be below 0.45 by 1,500 steps, say, and below 0.1 by 20,000 (successive halving's
+    # rungs, with the bar at a fixed error instead of a share of the seeds).
+    deadlines: List[List[float]] = field(default_factory=list)
     top: float = 0.25                            # exploit: share of the seeds that can be copied
     perturb: List[float] = field(default_factory=lambda: [0.8, 1.25])   # exploit: lr factors
 
@@ -154,6 +158,12 @@ def _coerce(key, value, kind):
     """Check one value against a field type, converting ints to floats where a float is wanted."""
     if get_origin(kind) is list:
         item = get_args(kind)[0]
+        if get_origin(item) is list:                  # a list of number lists: [[steps, error], ...]
+            if not isinstance(value, list) or not all(isinstance(row, list) and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row)
+                    for row in value):
+                raise ConfigError(f"{key}: expected a list of number lists, got {_short(value)}")
+            return [list(row) for row in value]          # as written: steps stay whole numbers
         if item is float:
             if not isinstance(value, list) or not value or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
@@ -245,9 +255,14 @@ def validate(cfg):
     need(tr.until in ("first", "all"), "train.until", tr.until, "must be first or all")
     need(tr.population.mode in ("off", "restart", "exploit"), "train.population.mode", tr.population.mode,
          "must be off, restart or exploit")
-    need(tr.population.mode == "off" or tr.population.patience > 0 or tr.population.deadline > 0,
-         "train.population.patience", tr.population.patience,
-         f"must be positive with population mode {tr.population.mode} (or set train.population.deadline)")
+    pop = tr.population
+    for pair in pop.deadlines:
+        need(len(pair) == 2 and pair[0] == int(pair[0]) and 1 <= pair[0] <= 10**9 and 0 <= pair[1] <= 1,
+             "train.population.deadlines", pop.deadlines,
+             "must be [steps, error] pairs, steps a whole number from 1 and error between 0 and 1")
+    need(pop.mode == "off" or pop.patience > 0 or pop.deadline > 0 or pop.deadlines,
+         "train.population.patience", pop.patience,
+         f"must be positive with population mode {pop.mode} (or set train.population.deadline or deadlines)")
     need(c.p_any + c.p_upto <= 1, "train.curriculum.p_any", c.p_any, "and p_upto must sum to at most 1")
     try:
         circuit(m.gates, m.repeat)

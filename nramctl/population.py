@@ -74,17 +74,19 @@ class Population:
     def __init__(self, cfg):
         self.cfg = cfg.train.population
         self.rng = np.random.default_rng([cfg.train.seed, 3])
+        self.deadlines = [(int(steps), error) for steps, error in self.cfg.deadlines] \
+            + ([(self.cfg.deadline, self.cfg.deadline_error)] if self.cfg.deadline else [])
 
     def stuck(self, trainer, s):
         """Seed s is not solved, and has not improved its best error for `patience` steps, or its best
-        error is still above `deadline_error` after `deadline` steps of its own."""
+        error is still above a deadline's error after that deadline's steps of its own."""
         c = self.cfg
         if trainer.solved_step[s] is not None:
             return False
         if c.patience and trainer.step - trainer.last_improved[s] >= c.patience:
             return True
-        return bool(c.deadline and trainer.step - trainer.adam_start[s] >= c.deadline
-                    and trainer.best_error[s] > c.deadline_error)
+        age = trainer.step - trainer.adam_start[s]
+        return any(age >= steps and trainer.best_error[s] > error for steps, error in self.deadlines)
 
     def refills(self):
         """Restarts also refill the slot of a seed that finished (with `until: all`): a search keeps

@@ -61,6 +61,8 @@ BAD = {
     "train.lr_decay": st.one_of(NON_POSITIVE, st.floats(min_value=1.01, max_value=1e9)),
     "train.dropout": st.one_of(NEGATIVE, st.floats(min_value=0.91, max_value=1e9),
                                st.floats(min_value=0.01, max_value=0.9)),       # copy's controller is an MLP
+    "train.population.deadlines": st.sampled_from(["[[100]]", "[[2.5, 0.1]]", "[[100, 1.5]]", "[[-3, 0.1]]", "[5]",
+                                                   "[[1, .inf]]", "{a: [1, 2]}", "[[1, 0.1], [2]]", "[[x, 0.1]]"]),
     "train.init": st.sampled_from(["run-99", "../run-1", "pretrained/nope", "run-1/seed-x/y", "/etc", "pretrained/swap"]),
     "train.entropy.decay": st.one_of(NON_POSITIVE, st.floats(min_value=1.01, max_value=1e9)),
     "train.until": st.text(max_size=8).filter(lambda x: x.strip() not in ("first", "all")),

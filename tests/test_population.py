@@ -180,11 +180,44 @@ def test_a_deadline_restarts_every_seed_not_below_it_at_that_age():
         [(20, 0), (20, 1), (20, 2), (20, 3), (40, 4), (40, 5), (40, 6), (40, 7)]
 
 
+def test_a_schedule_of_deadlines_holds_each_seed_to_every_rung_it_has_reached():
+    from nramctl.population import Population
+    tr = _trainer(**{"train.population.mode": "restart",
+                     "train.population.deadlines": "[[1500, 0.45], [20000, 0.1]]"})
+    pop = Population(tr.cfg)
+    tr.last_improved = [0, 0, 0, 0]
+    # (age, best error, stuck?) worked out by hand from the two rungs
+    cases = [(1499, 0.9, False), (1500, 0.46, True), (1500, 0.45, False), (19999, 0.2, False),
+             (20000, 0.2, True), (20000, 0.1, False), (30000, 0.5, True), (30000, 0.05, False)]
+    for age, error, want in cases:
+        tr.step, tr.adam_start, tr.best_error = 40000, [40000 - age] * 4, [error] * 4
+        assert pop.stuck(tr, 0) is want, (age, error)
+
+
+def test_the_single_deadline_and_the_schedule_combine():
+    tr = _trainer(**{"train.population.mode": "restart", "train.population.deadline": 50,
+                     "train.population.deadline_error": 0, "train.population.deadlines": "[[20, 0]]",
+                     "train.eval_every": 10, "train.steps": 50, "train.eval_examples": 20})
+    events = []
+    tr.run(on_log=lambda recs: events.extend(r for r in recs if "event" in r))
+    assert sorted((e["step"], e["replaces"]) for e in events) == \
+        [(20, 0), (20, 1), (20, 2), (20, 3), (40, 4), (40, 5), (40, 6), (40, 7)]
+
+
+@pytest.mark.parametrize("value", ["[[100]]", "[[1.5, 0.2]]", "[[100, 2]]", "[[0, 0.5]]", "[[100, 0.5, 3]]",
+                                   "[1, 2]", "abc", "[[100, .nan]]", "[[100, -0.1]]", "[[true, 0.5]]"])
+def test_a_bad_schedule_of_deadlines_is_refused_in_one_line(cli, value):
+    r = cli("train", "copy", "--set", "train.population.mode=restart", "--set",
+            f"train.population.deadlines={value}")
+    one_line_error(r, "train.population.deadlines")
+
+
 def test_restarts_need_a_patience_or_a_deadline():
     from nramctl.config import ConfigError
     with pytest.raises(ConfigError, match="train.population.deadline"):
         _trainer(**{"train.population.mode": "restart"})
     _trainer(**{"train.population.mode": "restart", "train.population.deadline": 100})
+    _trainer(**{"train.population.mode": "restart", "train.population.deadlines": "[[100, 0.5]]"})
 
 
 def test_retired_seeds_survive_a_checkpoint_round_trip():
