@@ -712,15 +712,24 @@ def runs(
 
 
 @command("show", group=runs_app)
-def runs_show(run_ref: RunRef = None, runs_dir: RunsDir = Path("runs"), json: Json = False):
-    """A run's config, environment, per-seed results and files."""
+def runs_show(
+    run_ref: RunRef = None,
+    top: Annotated[int, typer.Option("--top", help="With more seeds than this (a long search), list "
+                                     "only this many, lowest best error first; 0 lists every seed.")] = 20,
+    runs_dir: RunsDir = Path("runs"),
+    json: Json = False,
+):
+    """A run's config, environment, per-seed results and files; with several seeds, how many were
+    tried and solved."""
+    if top < 0:
+        raise ConfigError(f"--top {top}: must be 0 (every seed) or more")
     run, _ = RunStore(runs_dir).resolve(run_ref)
     st = run.status()
     out = {"run": run.name, "path": str(run.path), "state": st.get("state", "unknown"),
            "step": st.get("step"), "config": to_dict(run.config()),
            "environment": run.read_json("environment.json"), "seeds": st.get("seeds", []),
            "training": run.read_json("training.json"), "files": run.files()}
-    render.emit_json(out) if json else render.run_show(out)
+    render.emit_json(out) if json else render.run_show(out, top)
 
 
 @command("share", group=runs_app)

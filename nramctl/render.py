@@ -36,7 +36,7 @@ def emit_csv(rows):
     w.writerows(rows)
 
 
-def run_show(r):
+def run_show(r, top=20):
     where = f"{r['state']} at step {r['step']}" if r["step"] is not None else "a shipped model"
     console.print(f"[bold]{escape(r['run'])}[/] ({escape(r['path'])}): {where}")
     env = r["environment"] or {}
@@ -60,10 +60,17 @@ def run_show(r):
                   f"{cfg['model']['controller']} H={cfg['model']['hidden']} R={cfg['model']['R']}, "
                   f"{len(cfg['model']['gates'])} gates{repeat}, lr {cfg['train']['lr']}, batch {cfg['train']['batch']}, "
                   f"steps {cfg['train']['steps']}")
-    s = Table(title="seeds", title_justify="left")
+    seeds = r["seeds"]
+    if len(seeds) > 1:
+        console.print(population_line(seeds))
+    title = "seeds"
+    if top and len(seeds) > top:           # a long search: its best seeds, not hundreds of rows
+        seeds = sorted(seeds, key=lambda x: (x.get("best_error") is None, x.get("best_error") or 0))[:top]
+        title = f"seeds: the {top} lowest best errors of {len(r['seeds'])} (--top 0: every seed)"
+    s = Table(title=title, title_justify="left")
     for c in ("seed", "best error", "at step", "reached 0 at", "level", "NaN/Inf steps"):
         s.add_column(c, justify="right")
-    for x in r["seeds"]:                    # level: the seed's curriculum level (runs before it: -)
+    for x in seeds:                         # level: the seed's curriculum level (runs before it: -)
         s.add_row(str(x["seed"]), pct(x.get("best_error")), str(x.get("best_step")), str(x.get("solved_step") or "-"),
                   str(x.get("level") or "-"), str(x.get("nonfinite_steps", 0)))
     console.print(s)
@@ -73,6 +80,19 @@ def run_show(r):
     for x in r["files"]:
         f.add_row(escape(x["path"]), f"{x['bytes']:,}")
     console.print(f)
+
+
+def population_line(seeds):
+    """One line on a run's seeds: how many were tried and solved (the share with its 95% Wilson
+    interval) and where their best errors lie."""
+    from .shares import wilson
+    n = len(seeds)
+    k = sum(1 for x in seeds if x.get("solved_step") is not None)
+    lo, hi = wilson(k, n)
+    errors = sorted(x["best_error"] for x in seeds if x.get("best_error") is not None)
+    spread = (f"; best error lowest {pct(errors[0])}, median {pct(errors[len(errors) // 2])}, "
+              f"highest {pct(errors[-1])}") if errors else ""
+    return f"{n} seeds tried, {k} solved = {100 * k / n:.1f}% [{100 * lo:.1f}-{100 * hi:.1f}%]{spread}"
 
 
 def pct(x):

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -155,6 +156,27 @@ def test_runs_show_csv_filters_and_rm(cli):
     assert r.exit_code == 0 and not (cli.root / "run-2").exists()
     one_line_error(cli("runs", "rm", "pretrained/copy", "--yes"), "only a whole run")
     assert out["run"] == "other"
+
+
+def test_runs_show_sums_up_a_long_search_and_lists_its_best_seeds(cli):
+    """A run of 30 seeds (restarts): one line with seeds tried and solved and the share's Wilson
+    interval, then only the 20 lowest best errors, lowest first; --top 0 lists all 30."""
+    trained(cli)
+    status = cli.root / "run-1" / "status.json"
+    st = json.loads(status.read_text())
+    errors = [(7 * i % 30) / 30 for i in range(30)]            # 0, 7/30, 14/30, ... each of i/30 once
+    st["seeds"] = [{"seed": 100 + i, "best_error": e, "best_step": 10 * i, "level": 1, "nonfinite_steps": 0,
+                    "solved_step": 10 * i if e == 0 or i == 5 else None} for i, e in enumerate(errors)]
+    status.write_text(json.dumps(st))
+    text = " ".join(cli("runs", "show", "run-1").output.split())
+    # Wilson 95% for 2 of 30: 1.85% to 21.32% (published tables)
+    assert "30 seeds tried, 2 solved = 6.7% [1.8-21.3%]; best error lowest 0.00%, median 50.00%, highest 96.67%" in text
+    listed = [int(m) for m in re.findall(r"│ (1[0-2][0-9]) │ +[0-9.]+% │", text)]
+    want = [100 + i for i, _ in sorted(enumerate(errors), key=lambda x: x[1])][:20]
+    assert listed == want and "the 20 lowest best errors of 30" in text
+    every = " ".join(cli("runs", "show", "run-1", "--top", 0).output.split())
+    assert [int(m) for m in re.findall(r"│ (1[0-2][0-9]) │ +[0-9.]+% │", every)] == list(range(100, 130))
+    one_line_error(cli("runs", "show", "run-1", "--top", -1), "--top -1")
 
 
 def test_resume_adds_a_session_to_the_environment(cli):
