@@ -5,7 +5,6 @@ training). The CLI calls these functions; tests can too.
 """
 import math
 
-import torch
 
 from . import records
 from .config import ConfigError, check_training_memory, from_dict, to_dict, validate
@@ -37,8 +36,9 @@ def new_run(store, cfg, name=None, files=None):
 
 
 def start_from(trainer, store, ref):
-    """Every seed of a new trainer starts from one trained model's weights (`train.init`); each seed
-    keeps its own data stream, so they part from the first step. The model must have the same
+    """Every seed of a new trainer starts from one trained model's weights (`train.init`), and so
+    does every seed a restart brings in; each seed keeps its own data stream, so they part from the
+    first step. The model must have the same
     architecture (registers, gates, controller, width)."""
     try:
         run, seed = store.resolve(ref)
@@ -50,11 +50,7 @@ def start_from(trainer, store, ref):
         differ = [f"{f}={getattr(have, f)!r}" for f in vars(want) if getattr(have, f) != getattr(want, f)]
         raise ConfigError(f"train.init: {ref} was trained with model.{', model.'.join(differ)}; "
                           "this run's model differs there")
-    weights = dict(model.named_parameters())
-    with torch.no_grad():
-        for key, p in trainer.model.named_parameters():
-            p.copy_(weights[key].expand_as(p))
-            trainer.best_params[key].copy_(p)
+    trainer.start_at(dict(model.named_parameters()))
 
 
 def resume(run, steps=None, minutes=None):

@@ -62,6 +62,7 @@ class Trainer:
         self.polish_stage = [0] * self.S              # extra steps a polishing seed trains and is judged with
         self.exact_extra = [None] * self.S            # extra steps its kept model was found exact with
         self.best_params = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+        self.start_weights = None                     # train.init's model (one seed): where restarts begin
         self.retired = []                             # one-seed states of finished seeds
         self.next_seed = max(self.seeds, default=tr.seed) + 1     # for restarts
         self.population = Population(cfg)
@@ -292,7 +293,16 @@ class Trainer:
 
     def _archive(self, state, i):
         """Seed position i's whole state, as kept in `retired` (without the archive itself)."""
-        return {**subset(state, [i]), "retired": []}
+        return {**subset(state, [i]), "retired": [], "start_weights": None}
+
+    def start_at(self, weights):
+        """Every seed takes these weights ({name: [1, ...]}, one trained model: `train.init`), and so does
+        every seed a restart brings in later: a fine-tuning run's attempts all begin from that model."""
+        self.start_weights = {k: v.detach().clone() for k, v in weights.items()}
+        with torch.no_grad():
+            for key, p in self.model.named_parameters():
+                p.copy_(self.start_weights[key].expand_as(p))
+                self.best_params[key].copy_(p)
 
     def retire(self, idx):
         """Archive the seeds at positions `idx` (whole state) and drop them from the batch."""
@@ -320,7 +330,10 @@ class Trainer:
         self.next_seed += 1
         state = self.state_dict()
         state["retired"].append(self._archive(state, s))
-        one = Trainer(self.cfg, [new]).state_dict()
+        fresh = Trainer(self.cfg, [new])
+        if self.start_weights is not None:
+            fresh.start_at(self.start_weights)
+        one = fresh.state_dict()
         place(state, s, one, keys=("model", "optimizer", "best", *PER_SEED_LISTS))
         state["last_improved"][s] = self.step
         state["adam_start"][s] = self.opt.steps()    # fresh moments: a fresh Adam's bias corrections
@@ -452,7 +465,7 @@ class Trainer:
             "solved_step": list(self.solved_step), "solved_seconds": list(self.solved_seconds),
             "lrs": list(self.lrs), "adam_start": list(self.adam_start), "lineage": [list(x) for x in self.lineage],
             "last_improved": list(self.last_improved), "retired": list(self.retired),
-            "best_params": self.best_params, "nonfinite": list(self.nonfinite),
+            "best_params": self.best_params, "nonfinite": list(self.nonfinite), "start_weights": self.start_weights,
             "polish_stage": list(self.polish_stage), "exact_extra": list(self.exact_extra),
             "log": {"loss": self._acc["loss"].tolist(), "error": self._acc["error"].tolist(),
                     "n": self._acc["n"], "time": self._acc["time"],
@@ -487,6 +500,7 @@ class Trainer:
         self.polish_stage = list(d.get("polish_stage", [K if x is not None else 0 for x in self.solved_step]))
         self.exact_extra = list(d.get("exact_extra", [None] * self.S))
         self.best_params = d["best_params"]
+        self.start_weights = d.get("start_weights")       # runs from before it: restarts begin fresh
         log = d["log"]
         self._acc = {"loss": np.array(log["loss"]), "error": np.array(log["error"]),
                      "n": int(log["n"]), "time": float(log["time"]),

@@ -220,6 +220,33 @@ def test_restarts_need_a_patience_or_a_deadline():
     _trainer(**{"train.population.mode": "restart", "train.population.deadlines": "[[100, 0.5]]"})
 
 
+def test_restarts_of_a_fine_tuning_begin_from_its_model_and_not_from_scratch():
+    """With train.init every attempt starts from that model: a restart too, also after a checkpoint
+    round trip (before, a restart brought in a randomly initialized seed)."""
+    src = _trainer()
+    for _ in range(3):
+        src.train_step()
+    start = {k: v[:1].detach().clone() for k, v in src.model.named_parameters()}
+    tr = _trainer(**{"train.population.mode": "restart", "train.population.patience": 10})
+    tr.start_at(start)
+    for _ in range(2):
+        tr.train_step()
+
+    def at_start(trainer, s):
+        return all(torch.equal(p[s], start[k][0]) for k, p in trainer.model.named_parameters())
+    assert not at_start(tr, 1)                         # trained away from it
+    tr.restart(1)
+    assert at_start(tr, 1) and not at_start(tr, 0)
+    again = Trainer.from_state(tr.cfg, tr.state_dict())
+    again.restart(2)
+    assert at_start(again, 2) and all(torch.equal(again.best_params[k][2], start[k][0]) for k in start)
+    plain = _trainer(**{"train.population.mode": "restart", "train.population.patience": 10})
+    plain.restart(1)                                   # no train.init: a fresh seed's own initialization
+    assert not at_start(plain, 1)
+    assert torch.equal(plain.model.controller.head.weight[1],
+                       Trainer(plain.cfg, [plain.seeds[1]]).model.controller.head.weight[0])
+
+
 def test_retired_seeds_survive_a_checkpoint_round_trip():
     tr = _trainer(**{"train.until": "all"})
     for _ in range(3):
