@@ -68,11 +68,11 @@ def run_show(r, top=20):
         seeds = sorted(seeds, key=lambda x: (x.get("best_error") is None, x.get("best_error") or 0))[:top]
         title = f"seeds: the {top} lowest best errors of {len(r['seeds'])} (--top 0: every seed)"
     s = Table(title=title, title_justify="left")
-    for c in ("seed", "best error", "at step", "reached 0 at", "level", "NaN/Inf steps"):
+    for c in ("seed", "best error", "at step", "reached 0 at", "level", "own steps", "NaN/Inf steps"):
         s.add_column(c, justify="right")
-    for x in seeds:                         # level: the seed's curriculum level (runs before it: -)
+    for x in seeds:                         # level: the seed's curriculum level; own steps: since its start
         s.add_row(str(x["seed"]), pct(x.get("best_error")), str(x.get("best_step")), str(x.get("solved_step") or "-"),
-                  str(x.get("level") or "-"), str(x.get("nonfinite_steps", 0)))
+                  str(x.get("level") or "-"), str(x.get("steps", "-")), str(x.get("nonfinite_steps", 0)))
     console.print(s)
     f = Table(title="files", title_justify="left")
     f.add_column("path")
