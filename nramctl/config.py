@@ -7,6 +7,7 @@ overrides. Every value is checked against its range in `validate`; `task_config`
 memory a training would need, before anything is allocated.
 """
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -365,10 +366,26 @@ def check_memory(need_bytes, what):
 
 def parse_yaml(text):
     """yaml.safe_load through LibYAML's C parser where PyYAML has it (ten times faster; `nramctl tasks`
-    reads tasks.yaml once per task), else the pure-Python one. PyYAML is imported here, not at start:
-    `nramctl --help` never reads YAML."""
+    reads tasks.yaml once per task), else the pure-Python one, with YAML 1.2's booleans (below).
+    PyYAML is imported here, not at start: `nramctl --help` never reads YAML."""
     import yaml
-    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return yaml.load(text, Loader=_loader())
+
+
+@functools.lru_cache(maxsize=None)
+def _loader():
+    """The safe loader with YAML 1.2's booleans, true and false only: YAML 1.1 also reads off, on, yes
+    and no as booleans, which turned `--set train.population.mode=off` into False."""
+    import yaml
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    bool_tag = "tag:yaml.org,2002:bool"
+
+    class Loader(base):
+        pass
+    Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in rules if tag != bool_tag]
+                                      for first, rules in base.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    return Loader
 
 
 def load_yaml(path):
@@ -419,7 +436,7 @@ def apply_overrides(cfg, overrides):
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = parse_yaml(raw)
         except (yaml.YAMLError, RecursionError):
             raise ConfigError(f"--set {key}: cannot read value {_short(raw)}") from None
         nested = value

@@ -247,6 +247,20 @@ def test_restarts_of_a_fine_tuning_begin_from_its_model_and_not_from_scratch():
                        Trainer(plain.cfg, [plain.seeds[1]]).model.controller.head.weight[0])
 
 
+def test_mode_off_is_a_word_in_set_and_in_a_config_file(tmp_path):
+    """YAML 1.1 reads off/on/yes/no as booleans; nramctl reads YAML 1.2's: `--set
+    train.population.mode=off` (Permutation's tasks.yaml entry restarts; this turns that off)."""
+    from nramctl.config import ConfigError
+    assert task_config("permutation", None, ["train.population.mode=off"]).train.population.mode == "off"
+    path = tmp_path / "mine.yaml"
+    path.write_text("defaults: {train: {population: {mode: off}, curriculum: {enabled: false}}}\n"
+                    "tasks: {copy: {M: 9, T: '2*n+1', difficulty: 3}}\n")
+    cfg = task_config("copy", path)
+    assert cfg.train.population.mode == "off" and cfg.train.curriculum.enabled is False
+    with pytest.raises(ConfigError, match="expected bool"):
+        task_config("copy", None, ["train.curriculum.enabled=no"])     # a word now, not a boolean
+
+
 def test_retired_seeds_survive_a_checkpoint_round_trip():
     tr = _trainer(**{"train.until": "all"})
     for _ in range(3):
