@@ -167,6 +167,7 @@ def publish(run, seed, dest, how=None):
     status, env = run.status(), run.read_json("environment.json") or {}
     trained_steps = status.get("step") or ck["best_step"][seed]
     record = next((r for r in status.get("seeds", []) if r.get("seed") == ck["seeds"][seed]), {})
+    slots = cfg.train.seeds                  # seeds side by side (with restarts, more were tried in them)
     cfg.train.seeds, cfg.train.seed = 1, ck["seeds"][seed]
     # the shipped config trains long enough to reach the shipped model's step
     cfg.train.steps = max(task_config(cfg.task).train.steps, int(ck["best_step"][seed] or 0))
@@ -177,7 +178,7 @@ def publish(run, seed, dest, how=None):
                       "seeds": [cfg.train.seed], "best_error": [ck["best_error"][seed]],
                       "best_step": [ck["best_step"][seed]], "source": run.name})
     info = {"task": cfg.task, "seed": cfg.train.seed, "source_run": run.name,
-            "seeds_trained_together": len(ck["seeds"]), "solved_step": record.get("solved_step"),
+            "seeds_trained_together": slots, "solved_step": record.get("solved_step"),
             "kept_step": ck["best_step"][seed], "steps_trained": trained_steps,
             "polish_steps": cfg.train.polish_steps, "extra_steps": cfg.train.extra_steps,
             "polish_extra_steps": cfg.train.polish_extra_steps, "exact_extra_steps": record.get("exact_extra_steps"),
