@@ -396,8 +396,11 @@ def _gen(r):
 def share(r):
     """'5/16 = 31% [14-56%]': seeds solved of seeds tried, with the 95% Wilson interval; where
     exploit/explore copies made some of the solved seeds, how many initializations they descend from."""
-    text = (f"{r['seeds_solved']}/{r['seeds_tried']} = {100 * r['share']:.0f}% "
-            f"[{100 * r['share_low']:.0f}-{100 * r['share_high']:.0f}%]")
+    def p(x):                                # whole percents, but never a share of a few seeds in a
+        x = 100 * x                          # thousand shown as 0
+        return f"{x:.0f}" if x == 0 or x >= 10 or x == round(x) else f"{x:.2g}"
+    text = (f"{r['seeds_solved']}/{r['seeds_tried']} = {p(r['share'])}% "
+            f"[{p(r['share_low'])}-{p(r['share_high'])}%]")
     lineages = r.get("solved_lineages")
     if lineages is not None and lineages < r["seeds_solved"]:
         text += f", copies of {lineages} initialization{'s' if lineages != 1 else ''}"
