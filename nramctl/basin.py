@@ -37,6 +37,8 @@ def basin_config(name, config=None, overrides=(), seeds=8, variant=None):
         key_set = item.split("=", 1)[0].strip()
         if key_set in fixed_keys:
             raise ConfigError(f"--set {key_set}: basin uses the circuit's own (its registers and the 14 gates)")
+        if key_set.startswith("train.population"):
+            raise ConfigError(f"--set {key_set}: basin follows each seed from its start, without restarts")
     try:
         R, repeat, min_M, _ = circuit(key, variant)
     except KeyError:
@@ -44,7 +46,9 @@ def basin_config(name, config=None, overrides=(), seeds=8, variant=None):
             raise ConfigError(f"no hand-wired circuit for {key}; basin knows {', '.join(sorted(CIRCUITS))}") from None
         known = ", ".join(v for t, v in VARIANTS if t == key) or "none"
         raise ConfigError(f"--circuit {variant}: no such circuit for {key} (its variants: {known})") from None
-    fixed = [f"model.R={R}", f"model.repeat={repeat}", f"model.gates=[{','.join(GATES)}]"]
+    # a task's own search settings (tasks.yaml: Permutation restarts its seeds) do not apply here
+    fixed = [f"model.R={R}", f"model.repeat={repeat}", f"model.gates=[{','.join(GATES)}]", "train.population.mode=off",
+             "train.population.deadlines=[]"]
     cfg = task_config(key, config, ["model.controller=mlp", *overrides, *fixed, f"train.seeds={seeds}"])
     if min_M and cfg.M < min_M:
         raise ConfigError(f"--circuit {variant} solves {key} from M = {min_M} on (--set M={min_M}); M is {cfg.M}")

@@ -66,7 +66,8 @@ def test_basin_command_prints_json_and_refuses_bad_input():
                          (["copy", "--mode", "mix", "--amounts", "1.5"], "between 0 and 1"),
                          (["copy", "--set", "model.R=2"], "--set model.R: basin uses the circuit"),
                          (["copy", "--circuit", "uniform"], "no such circuit for copy (its variants: none)"),
-                         (["permutation", "--circuit", "uniform"], "from M = 14 on (--set M=14); M is 13")):
+                         (["permutation", "--circuit", "uniform", "--set", "M=13"], "from M = 14 on (--set M=14); M is 13"),
+                         (["copy", "--set", "train.population.mode=restart"], "without restarts")):
         r = runner.invoke(app, ["basin", *args])
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and needle in r.output, r.output
 

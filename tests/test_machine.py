@@ -183,7 +183,7 @@ def test_hand_wired_circuits_solve_the_task(name, M, backend):
     rules_T = {"access": "3", "increment": "n+2", "copy": "2*n+1"}
     if name not in rules_T:
         cfg = task_config(name)
-        assert cfg.model.R == R
+        assert cfg.model.R >= R
     d = np.arange(t.min_difficulty, t.max_difficulty(M) + 1).repeat(3)
     b = make_batch(name, M, d, np.random.default_rng(M), rules_T.get(name) or cfg.T)
     fuzzy = fuzzy_run(model, b).pred
