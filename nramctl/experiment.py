@@ -5,7 +5,6 @@ training). The CLI calls these functions; tests can too.
 """
 import math
 
-
 from . import records
 from .config import ConfigError, check_training_memory, from_dict, to_dict, validate
 from .runs import RunError

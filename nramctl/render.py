@@ -83,16 +83,18 @@ def run_show(r, top=20):
 
 
 def population_line(seeds):
-    """One line on a run's seeds: how many were tried and solved (the share with its 95% Wilson
-    interval) and where their best errors lie."""
-    from .shares import wilson
-    n = len(seeds)
-    k = sum(1 for x in seeds if x.get("solved_step") is not None)
-    lo, hi = wilson(k, n)
+    """One line on a run's seeds: how many were tried and solved (counted as `reproduce` and `runs
+    share` count them, with the 95% Wilson interval) and where their best errors lie."""
+    from .shares import tally, wilson
+    tried, solved = tally(seeds)
+    if not tried:
+        return f"{len(seeds)} seeds, none has trained a step yet"
+    lo, hi = wilson(len(solved), len(tried))
     errors = sorted(x["best_error"] for x in seeds if x.get("best_error") is not None)
     spread = (f"; best error lowest {pct(errors[0])}, median {pct(errors[len(errors) // 2])}, "
               f"highest {pct(errors[-1])}") if errors else ""
-    return f"{n} seeds tried, {k} solved = {100 * k / n:.1f}% [{100 * lo:.1f}-{100 * hi:.1f}%]{spread}"
+    return (f"{len(tried)} seeds tried, {len(solved)} solved = "
+            f"{share_pct({'share': len(solved) / len(tried), 'share_low': lo, 'share_high': hi})}{spread}")
 
 
 def pct(x):
@@ -393,14 +395,19 @@ def _gen(r):
             f"discrete {_span(r, 'discrete_max_error', 'discrete_perfect_up_to')}")
 
 
+def share_pct(r):
+    """'31% [14-56%]': a share and its interval in whole percents, but never a share of a few seeds in
+    a thousand shown as 0 (two digits under 10%)."""
+    def p(x):
+        x = 100 * x
+        return f"{x:.0f}" if x == 0 or x >= 10 or x == round(x) else f"{x:.2g}"
+    return f"{p(r['share'])}% [{p(r['share_low'])}-{p(r['share_high'])}%]"
+
+
 def share(r):
     """'5/16 = 31% [14-56%]': seeds solved of seeds tried, with the 95% Wilson interval; where
     exploit/explore copies made some of the solved seeds, how many initializations they descend from."""
-    def p(x):                                # whole percents, but never a share of a few seeds in a
-        x = 100 * x                          # thousand shown as 0
-        return f"{x:.0f}" if x == 0 or x >= 10 or x == round(x) else f"{x:.2g}"
-    text = (f"{r['seeds_solved']}/{r['seeds_tried']} = {p(r['share'])}% "
-            f"[{p(r['share_low'])}-{p(r['share_high'])}%]")
+    text = f"{r['seeds_solved']}/{r['seeds_tried']} = {share_pct(r)}"
     lineages = r.get("solved_lineages")
     if lineages is not None and lineages < r["seeds_solved"]:
         text += f", copies of {lineages} initialization{'s' if lineages != 1 else ''}"
@@ -471,8 +478,7 @@ def sweep_table(out):
                     f"({out['path']})", caption=escape("every setting: " + " ".join(shared)) if shared else None)
     rows = []
     for r in out["rows"]:
-        sh = "-" if r["share"] is None else \
-            f"{100 * r['share']:.0f}% [{100 * r['share_low']:.0f}-{100 * r['share_high']:.0f}%]"
+        sh = "-" if r["share"] is None else share_pct(r)
         rung = (f"{r['rung']} ({_rung_budget(r['budget_unit'], r['budget'])})",) if halving else ()
         rows.append((str(r["setting"]), escape("\n".join(c for c in r["config"] if c not in common) or "(defaults)"),
                      *rung, f"{r['finished_runs']}/{len(r['runs'])}", f"{r['seeds_solved']}/{r['seeds_tried']}", sh,

@@ -170,13 +170,18 @@ def test_runs_show_sums_up_a_long_search_and_lists_its_best_seeds(cli):
     status.write_text(json.dumps(st))
     text = " ".join(cli("runs", "show", "run-1").output.split())
     # Wilson 95% for 2 of 30: 1.85% to 21.32% (published tables)
-    assert "30 seeds tried, 2 solved = 6.7% [1.8-21.3%]; best error lowest 0.00%, median 50.00%, highest 96.67%" in text
+    assert "30 seeds tried, 2 solved = 6.7% [1.8-21%]; best error lowest 0.00%, median 50.00%, highest 96.67%" in text
     listed = [int(m) for m in re.findall(r"│ (1[0-2][0-9]) │ +[0-9.]+% │", text)]
     want = [100 + i for i, _ in sorted(enumerate(errors), key=lambda x: x[1])][:20]
     assert listed == want and "the 20 lowest best errors of 30" in text
     every = " ".join(cli("runs", "show", "run-1", "--top", 0).output.split())
     assert [int(m) for m in re.findall(r"│ (1[0-2][0-9]) │ +[0-9.]+% │", every)] == list(range(100, 130))
     one_line_error(cli("runs", "show", "run-1", "--top", -1), "--top -1")
+    # a slot refilled at the budget's last check never trained: not a seed tried (as `runs share` counts)
+    from nramctl.render import population_line
+    line = population_line([{"seed": 1, "steps": 0, "best_error": 0.9, "solved_step": None},
+                            {"seed": 2, "steps": 40, "best_error": 0.0, "solved_step": 30}])
+    assert line.startswith("1 seeds tried, 1 solved = 100% [21-100%]"), line
 
 
 def test_resume_adds_a_session_to_the_environment(cli):
