@@ -18,7 +18,7 @@ might let gradient descent find the hard tasks' circuits from scratch (docs/RESU
 import numpy as np
 import torch
 
-from .circuits import CIRCUITS, GATES, VARIANTS, circuit
+from .circuits import CIRCUITS, VARIANTS, circuit
 from .config import ConfigError, task_config
 from .evaluate import evaluate
 from .program import wired, zero_patterns
@@ -36,18 +36,18 @@ def basin_config(name, config=None, overrides=(), seeds=8, variant=None):
     for item in overrides:
         key_set = item.split("=", 1)[0].strip()
         if key_set in fixed_keys:
-            raise ConfigError(f"--set {key_set}: basin uses the circuit's own (its registers and the 14 gates)")
+            raise ConfigError(f"--set {key_set}: basin uses the circuit's own (its registers and gates)")
         if key_set.startswith("train.population"):
             raise ConfigError(f"--set {key_set}: basin follows each seed from its start, without restarts")
     try:
-        R, repeat, min_M, _ = circuit(key, variant)
+        R, repeat, min_M, _, gates = circuit(key, variant)
     except KeyError:
         if variant is None:
             raise ConfigError(f"no hand-wired circuit for {key}; basin knows {', '.join(sorted(CIRCUITS))}") from None
         known = ", ".join(v for t, v in VARIANTS if t == key) or "none"
         raise ConfigError(f"--circuit {variant}: no such circuit for {key} (its variants: {known})") from None
     # a task's own search settings (tasks.yaml: Permutation restarts its seeds) do not apply here
-    fixed = [f"model.R={R}", f"model.repeat={repeat}", f"model.gates=[{','.join(GATES)}]", "train.population.mode=off",
+    fixed = [f"model.R={R}", f"model.repeat={repeat}", f"model.gates=[{','.join(gates)}]", "train.population.mode=off",
              "train.population.deadlines=[]"]
     cfg = task_config(key, config, ["model.controller=mlp", *overrides, *fixed, f"train.seeds={seeds}"])
     if min_M and cfg.M < min_M:
@@ -69,7 +69,8 @@ def distill(model, rules, steps=3000, lr=3e-3, length=16):
     random sequences of `length` patterns, so that it answers each pattern alike whatever its state
     holds. Returns the final loss."""
     R, S, Q, K = model.R, model.S, model.Q, model.K
-    args, regs, stop = _targets(model, wired(R, GATES, rules, repeat=model.repeat).controller.table[0])
+    sequence = [g.name for g in model.gates]          # the circuit's gates, its repeats written out
+    args, regs, stop = _targets(model, wired(R, sequence, rules).controller.table[0])
     patterns = zero_patterns(R)
     recurrent = model.controller.recurrent
     g = torch.Generator().manual_seed(0)
@@ -126,7 +127,7 @@ def measure(cfg, mode, amounts, steps, per_difficulty=50, progress=None, variant
     back at 0; `distilled_error` is the unperturbed model's worst seed on the same kind of examples.
     `variant` names another circuit of the task (`circuits.VARIANTS`; cfg from basin_config with it)."""
     check_plan(mode, amounts)
-    R, repeat, _, rules = circuit(cfg.task, variant)
+    R, repeat, _, rules, _ = circuit(cfg.task, variant)
     if (cfg.model.R, cfg.model.repeat) != (R, repeat):   # cfg made for another circuit: refuse, not distill
         raise ConfigError(f"the config has R {cfg.model.R} and repeat {cfg.model.repeat}; the circuit "
                           f"{variant or 'default'} wants {R} and {repeat} (make it with basin_config)")

@@ -1,6 +1,9 @@
 """Hand-wired circuits on the paper's 14 gates (see nramctl.program): Access, Increment and Copy, and two hard
 tasks, Permutation and ListSearch, that show those tasks can be solved within their T(n) steps with R = 4;
-and Permutation again as one phase-free circuit with the gate sequence three times."""
+and Permutation and ListSearch again as phase-free circuits: one circuit that every step repeats, on a few
+gates whose sequence comes several times a step."""
+from typing import NamedTuple
+
 from .gates import PAPER_GATES
 
 NOOP = {"READ": ["r0"], "WRITE": ["r0", "READ"]}          # rewrites a cell with its own value
@@ -50,12 +53,19 @@ LISTSEARCH = (4, [
     ({}, {"READ": ["r0"], "WRITE": ["r0", "READ"], "INC": ["READ"], "r0": "READ", "r2": "INC"}),   # p := next
 ])
 
+class Circuit(NamedTuple):
+    R: int
+    repeat: int                 # the gate sequence this many times a step
+    min_M: object               # the smallest M it solves the task's difficulty at (None: any M that holds it)
+    rules: list
+    gates: tuple = tuple(PAPER_GATES)
+
+
 # Permutation as one circuit that every step repeats, with the gate sequence three times (model.repeat
 # = 3: three READs a step), no phase and no zero flag: r0 is never written (so READ(r0) = mem[0] = a),
 # r1 = the last cell of P written. Step k writes P[k] := A[P[k]]; the steps after the n-th write past P.
 # It needs M >= 14 at lengths to 6: with T = 2n + 2 steps the writes then never wrap around to P.
-# (R, repeat, the smallest M, rules)
-PERMUTATION_UNIFORM = (4, 3, 14, [
+PERMUTATION_UNIFORM = Circuit(4, 3, 14, [
     ({}, {"READ": ["r0"], "INC": ["r1"],                            # a, p = r1 + 1
           "READ#2": ["INC"], "ADD#2": ["READ", "READ#2"],           # P[k], a + P[k]
           "READ#3": ["ADD#2"], "WRITE#3": ["INC", "READ#3"],        # P[k] := A[P[k]]
@@ -63,17 +73,32 @@ PERMUTATION_UNIFORM = (4, 3, 14, [
           "r1": "INC"}),
 ])
 
+# ListSearch as one circuit that every step repeats, on five gates five times a step. The walk's pointer
+# lives in cell 0 (the head at first; r0 is never written, so READ(r0) = mem[0]): each step examines the
+# node q = mem[0]; where q's value is not v it moves cell 0 on to next(q), and every step writes q into
+# cell 2. The walk stops at the first node whose value is v, so from then on each step rewrites the same
+# answer: the circuit needs no zero flag, no phase and no latch, and more steps than T(n) change nothing.
+LISTSEARCH_UNIFORM = Circuit(2, 5, None, [
+    ({}, {"READ": ["r0"], "INC": ["READ"],                          # q = mem[0], q + 1
+          "READ#2": ["READ"], "INC#2": ["r0"],                      # next(q), the address 1
+          "READ#3": ["INC"], "INC#3": ["INC#2"],                    # value(q), the address 2
+          "READ#4": ["INC#2"],                                      # v
+          "EQ#4": ["READ#3", "READ#4"], "ADD#4": ["EQ#4", "EQ#4"],  # 2 [value(q) = v]
+          "WRITE#4": ["ADD#4", "READ#2"],     # not v: cell 0 := next(q), the walk moves on; v: cell 2 := next(q) ...
+          "WRITE#5": ["INC#3", "READ"],       # ... overwritten at once: cell 2 := q
+          "WRITE": ["r0", "READ"], "WRITE#2": ["r0", "READ"], "WRITE#3": ["r0", "READ"]}),   # cell 0 := q
+], ("READ", "INC", "EQ", "ADD", "WRITE"))
+
 CIRCUITS = {"access": ACCESS, "increment": INCREMENT, "copy": COPY, "permutation": PERMUTATION,
             "listsearch": LISTSEARCH}
 GATES = PAPER_GATES
-# Other circuits for a task, by name: (R, repeat, the smallest M they solve the task's difficulty at, rules)
-VARIANTS = {("permutation", "uniform"): PERMUTATION_UNIFORM}
+# Other circuits for a task, by name
+VARIANTS = {("permutation", "uniform"): PERMUTATION_UNIFORM, ("listsearch", "uniform"): LISTSEARCH_UNIFORM}
 
 
 def circuit(name, variant=None):
-    """(R, repeat, smallest M or None, rules) of a task's hand-wired circuit, or of a named variant;
-    KeyError where there is none."""
+    """The `Circuit` of a task's hand-wired circuit, or of a named variant; KeyError where there is none."""
     if variant is None:
         R, rules = CIRCUITS[name]
-        return R, 1, None, rules
+        return Circuit(R, 1, None, rules)
     return VARIANTS[name, variant]

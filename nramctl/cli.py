@@ -861,7 +861,8 @@ def basin(
     seeds: Annotated[int, typer.Option(help="Seeds per amount (each its own fresh initialization and data).")] = 8,
     circuit: Annotated[Optional[str], typer.Option(help="Another circuit of the task: uniform (permutation: "
                                                    "one phase-free circuit, the gate sequence three times, "
-                                                   "M >= 14).")] = None,
+                                                   "M >= 14; listsearch: one phase-free circuit on READ, INC, "
+                                                   "EQ, ADD, WRITE five times).")] = None,
     n: Annotated[int, typer.Option("--n", help="Test examples per training difficulty.")] = 50,
     config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
     set_: Annotated[List[str], typer.Option("--set", help="Override a field: key=value (training settings, "

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from nramctl.circuits import CIRCUITS, GATES, PERMUTATION_UNIFORM
+from nramctl.circuits import CIRCUITS, GATES, LISTSEARCH_UNIFORM, PERMUTATION_UNIFORM
 from nramctl.config import task_config
 from nramctl.data import make_batch
 from nramctl.discrete import discrete_run
@@ -199,8 +199,8 @@ def test_phase_free_permutation_circuit_needs_room_to_run_on(M, wrong):
     """One circuit repeated every step (three READs a step) solves Permutation at tasks.yaml's T(n),
     fuzzy and discrete, once M leaves room for the writes after the n-th step (M >= 14 at lengths to
     6); at M = 13 they wrap around onto P[0] at length 6 only."""
-    R, repeat, _, rules = PERMUTATION_UNIFORM
-    model = wired(R, GATES, rules, repeat=repeat)
+    R, repeat, _, rules, gates = PERMUTATION_UNIFORM
+    model = wired(R, gates, rules, repeat=repeat)
     d = np.arange(1, 7).repeat(4)
     b = make_batch("permutation", M, d, np.random.default_rng(M), task_config("permutation").T)
     fuzzy = fuzzy_run(model, b).pred
@@ -210,3 +210,29 @@ def test_phase_free_permutation_circuit_needs_room_to_run_on(M, wrong):
         per_length = ok.all(1).view(6, 4).all(1)
         assert per_length[:5].all()                       # lengths 1-5 always fit
         assert bool(per_length[5]) != wrong
+
+
+@pytest.mark.parametrize("M", [15, 31])
+@pytest.mark.parametrize("T", ["2*n+3", "n+1", "6*n+20"])
+def test_phase_free_listsearch_circuit_stops_its_walk_at_the_first_match(M, T):
+    """One circuit repeated every step (READ, INC, EQ, ADD, WRITE five times; no phase, no zero flag)
+    solves ListSearch, fuzzy and discrete, at any M: its walk needs n + 1 steps at most and then stands
+    on the first node whose value is v, so three times tasks.yaml's steps and more give the same answer.
+    Where v occurs more than once in a list, the first occurrence must win: a plain walk finds it."""
+    R, repeat, _, rules, gates = LISTSEARCH_UNIFORM
+    model = wired(R, gates, rules, repeat=repeat)
+    n = (M - 3) // 2
+    b = make_batch("listsearch", M, np.arange(1, n + 1).repeat(12), np.random.default_rng(M), T)
+    repeated = 0
+    for mem, target in zip(b.memory.tolist(), b.target[:, 2].tolist()):
+        node, hits = mem[0], []
+        while node:                                     # the list from its head to NULL
+            hits += [node] if mem[node + 1] == mem[1] else []
+            node = mem[node]
+        assert hits[0] == target
+        repeated += len(hits) > 1
+    assert repeated >= 5
+    fuzzy = fuzzy_run(model, b).pred
+    disc, _, _ = discrete_run(model, b.memory, b.T)
+    for pred in (fuzzy, disc):
+        assert torch.equal(pred[b.mask], b.target[b.mask])
