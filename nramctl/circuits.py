@@ -73,6 +73,18 @@ PERMUTATION_UNIFORM = Circuit(4, 3, 14, [
           "r1": "INC"}),
 ])
 
+# The same with MIN: p = min(k, a) stops at A[0]'s cell once P is done, so the steps after the n-th only
+# rewrite that cell and the answer in P is a fixed point: exact with any number of extra steps at M = 2n + 1.
+# The four gates alone cannot tell the end of P (no comparison), so PERMUTATION_UNIFORM's writes go on round
+# the memory and onto P after M steps.
+PERMUTATION_FIXED = Circuit(2, 3, None, [
+    ({}, {"READ": ["r0"], "INC": ["r1"], "MIN": ["INC", "READ"],   # a, k = r1 + 1, p = min(k, a)
+          "READ#2": ["MIN"], "ADD#2": ["READ", "READ#2"],           # P[k], a + P[k]
+          "READ#3": ["ADD#2"], "WRITE#3": ["MIN", "READ#3"],        # P[k] := A[P[k]] (past P: A[0]'s cell)
+          "WRITE": ["r0", "READ"], "WRITE#2": ["r0", "READ"],       # cell 0 rewritten with a
+          "r1": "MIN"}),
+], ("READ", "INC", "ADD", "MIN", "WRITE"))
+
 # ListSearch as one circuit that every step repeats, on five gates five times a step. The walk's pointer
 # lives in cell 0 (the head at first; r0 is never written, so READ(r0) = mem[0]): each step examines the
 # node q = mem[0]; where q's value is not v it moves cell 0 on to next(q), and every step writes q into
@@ -93,7 +105,8 @@ CIRCUITS = {"access": ACCESS, "increment": INCREMENT, "copy": COPY, "permutation
             "listsearch": LISTSEARCH}
 GATES = PAPER_GATES
 # Other circuits for a task, by name
-VARIANTS = {("permutation", "uniform"): PERMUTATION_UNIFORM, ("listsearch", "uniform"): LISTSEARCH_UNIFORM}
+VARIANTS = {("permutation", "uniform"): PERMUTATION_UNIFORM, ("permutation", "fixed"): PERMUTATION_FIXED,
+            ("listsearch", "uniform"): LISTSEARCH_UNIFORM}
 
 
 def circuit(name, variant=None):

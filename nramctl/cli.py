@@ -859,10 +859,11 @@ def basin(
     amounts: Annotated[str, typer.Option(help="Comma-separated amounts, one row each.")] = "0.3,0.2,0.15,0.1",
     steps: Annotated[int, typer.Option(help="Training steps from each perturbed start.")] = 600,
     seeds: Annotated[int, typer.Option(help="Seeds per amount (each its own fresh initialization and data).")] = 8,
-    circuit: Annotated[Optional[str], typer.Option(help="Another circuit of the task: uniform (permutation: "
-                                                   "one phase-free circuit, the gate sequence three times, "
-                                                   "M >= 14; listsearch: one phase-free circuit on READ, INC, "
-                                                   "EQ, ADD, WRITE five times).")] = None,
+    circuit: Annotated[Optional[str], typer.Option(help="Another circuit of the task, phase-free (one circuit "
+                                                   "every step): uniform (permutation: the 14 gates three times, "
+                                                   "M >= 14; listsearch: READ, INC, EQ, ADD, WRITE five times) "
+                                                   "or fixed (permutation: READ, INC, ADD, MIN, WRITE three "
+                                                   "times, exact with extra steps).")] = None,
     n: Annotated[int, typer.Option("--n", help="Test examples per training difficulty.")] = 50,
     config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
     set_: Annotated[List[str], typer.Option("--set", help="Override a field: key=value (training settings, "

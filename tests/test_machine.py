@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from nramctl.circuits import CIRCUITS, GATES, LISTSEARCH_UNIFORM, PERMUTATION_UNIFORM
+from nramctl.circuits import CIRCUITS, GATES, LISTSEARCH_UNIFORM, PERMUTATION_FIXED, PERMUTATION_UNIFORM
 from nramctl.config import task_config
 from nramctl.data import make_batch
 from nramctl.discrete import discrete_run
@@ -210,6 +210,20 @@ def test_phase_free_permutation_circuit_needs_room_to_run_on(M, wrong):
         per_length = ok.all(1).view(6, 4).all(1)
         assert per_length[:5].all()                       # lengths 1-5 always fit
         assert bool(per_length[5]) != wrong
+
+
+@pytest.mark.parametrize("T", ["2*n+2", "2*n+4", "4*n+4"])
+def test_phase_free_permutation_circuit_with_min_is_a_fixed_point(T):
+    """With MIN the phase-free Permutation circuit stops at the end of P: at M = 13 (no free cell) it is
+    exact with tasks.yaml's steps, two more, and twice as many, where the circuit without MIN is wrong at
+    length 6 with two more steps at M = 14 (its writes wrap round onto P)."""
+    for (R, repeat, _, rules, gates), M, wrong in ((PERMUTATION_FIXED, 13, False),
+                                                    (PERMUTATION_UNIFORM, 14, T != "2*n+2")):
+        model = wired(R, gates, rules, repeat=repeat)
+        b = make_batch("permutation", M, np.arange(1, 7).repeat(6), np.random.default_rng(M), T)
+        for pred in (fuzzy_run(model, b).pred, discrete_run(model, b.memory, b.T)[0]):
+            ok = ((pred == b.target) | ~b.mask).all(1)
+            assert bool(ok.all()) != wrong
 
 
 @pytest.mark.parametrize("M", [15, 31])
