@@ -7,6 +7,7 @@ import math
 
 from . import records
 from .config import ConfigError, check_training_memory, from_dict, to_dict, validate
+from .program import grow
 from .runs import RunError
 from .train import Trainer, build_model
 
@@ -37,19 +38,21 @@ def new_run(store, cfg, name=None, files=None):
 def start_from(trainer, store, ref):
     """Every seed of a new trainer starts from one trained model's weights (`train.init`), and so
     does every seed a restart brings in; each seed keeps its own data stream, so they part from the
-    first step. The model must have the same
-    architecture (registers, gates, controller, width)."""
+    first step. The model must have the same architecture (registers, controller, width); its gates may
+    differ (`model.gates`, `model.repeat`): a model grown by gates keeps every choice the trained one
+    makes (`program.grow`), so that training can take the new gates in."""
     try:
         run, seed = store.resolve(ref)
         cfg, model, _ = load_model(run, seed)
     except RunError as e:
         raise ConfigError(f"train.init: {e}") from None
     have, want = cfg.model, trainer.cfg.model
-    if have != want:
-        differ = [f"{f}={getattr(have, f)!r}" for f in vars(want) if getattr(have, f) != getattr(want, f)]
-        raise ConfigError(f"train.init: {ref} was trained with model.{', model.'.join(differ)}; "
-                          "this run's model differs there")
-    trainer.start_at(dict(model.named_parameters()))
+    differ = [f for f in vars(want) if getattr(have, f) != getattr(want, f)]
+    if set(differ) - {"gates", "repeat"}:
+        shown = ", model.".join(f"{f}={getattr(have, f)!r}" for f in differ)
+        raise ConfigError(f"train.init: {ref} was trained with model.{shown}; this run's model differs there "
+                          "(only model.gates and model.repeat may)")
+    trainer.start_at(grow(model, trainer.model) if differ else dict(model.named_parameters()))
 
 
 def resume(run, steps=None, minutes=None):

@@ -54,6 +54,36 @@ def source_names(model):
     return names
 
 
+def output_names(model):
+    """The name of every logit the head emits, in its layout: (gate, input, source) for each gate input,
+    (register, source) for each new register, and "stop"."""
+    names = source_names(model)
+    gates, R = names[model.R:], model.R
+    return ([(g, j, src) for g in gates for j in range(2) for src in names]
+            + [(f"r{r}", src) for r in range(R) for src in names] + ["stop"])
+
+
+def grow(trained, fresh):
+    """Parameters for `fresh` (one seed) that keep every choice `trained` makes: the two models differ
+    only in their gate sequences, and each head logit that names the same gate input (or register) and
+    the same source in both takes the trained model's weights; logits of gates or sources new to `fresh`
+    keep their fresh initialization, small beside a trained model's sharp choices. The rest of the
+    controller (it reads only the R zero flags) is copied whole."""
+    old = {name: i for i, name in enumerate(output_names(trained))}
+    pairs = [(i, old[name]) for i, name in enumerate(output_names(fresh)) if name in old]
+    new_idx, old_idx = (torch.tensor(v) for v in zip(*pairs))
+    t = dict(trained.named_parameters())
+    out = {}
+    for key, p in fresh.named_parameters():
+        w = p[:1].detach().clone()
+        if key.startswith("controller.head."):
+            w[..., new_idx] = t[key][:1, ..., old_idx].detach()
+        else:
+            w.copy_(t[key][:1].detach())
+        out[key] = w
+    return out
+
+
 def circuit_logits(model, circuit):
     """One rule's circuit -> logit vector [n_out] in the model's layout."""
     R, Q, K = model.R, model.Q, model.K

@@ -11,13 +11,15 @@ from nramctl.circuits import CIRCUITS, circuit
 from nramctl.cli import app
 from nramctl.config import ConfigError
 from nramctl.evaluate import evaluate
+from nramctl.machine import NRAM
+from nramctl.program import grow, output_names
 from nramctl.train import Trainer
 
 SMALL = ["M=9", "difficulty=3", "train.batch=8", "train.eval_examples=40"]
 
 
 @pytest.mark.parametrize("name, variant, M", [("access", None, 9), ("permutation", None, 9),
-                                              ("permutation", "uniform", 14)])
+                                              ("permutation", "uniform", 14), ("listsearch", "uniform", 9)])
 def test_the_distilled_mlp_solves_the_task_as_the_circuit_does(name, variant, M):
     cfg = basin_config(name, overrides=[f"M={M}", "difficulty=3"], seeds=2, variant=variant)
     model = Trainer(cfg).model
@@ -87,3 +89,27 @@ def test_measure_refuses_a_config_made_for_another_circuit():
     cfg = basin_config("permutation", overrides=["M=14"], seeds=1, variant="uniform")   # repeat 3
     with pytest.raises(ConfigError, match="the circuit default wants 4 and 1"):
         measure(cfg, "scale", [1.0], 0)
+
+
+def test_a_model_grown_by_a_gate_keeps_its_program_and_its_solution():
+    """The phase-free Permutation circuit learned into an MLP on READ, INC, ADD, WRITE (three times), then
+    grown to READ, INC, ADD, MIN, WRITE: the grown model still solves the task, fuzzy and discretized (the
+    task's targets are the oracle); every logit that names MIN keeps the fresh model's initialization."""
+    cfg = basin_config("permutation", overrides=["M=14", "difficulty=4"], seeds=1, variant="uniform")
+    gates = ["READ", "INC", "ADD", "WRITE"]
+    small = NRAM(4, gates, 3, "mlp", cfg.model.hidden, [0])
+    assert distill(small, circuit("permutation", "uniform").rules) < 1e-3
+    fresh = NRAM(4, ["READ", "INC", "ADD", "MIN", "WRITE"], 3, "mlp", cfg.model.hidden, [7])
+    grown = NRAM(4, ["READ", "INC", "ADD", "MIN", "WRITE"], 3, "mlp", cfg.model.hidden, [7])
+    grown.load_state_dict(grow(small, grown))
+    d, rng = np.repeat(np.arange(1, 5), 30), np.random.default_rng(3)
+    for discrete in (False, True):
+        assert (evaluate(grown, cfg, 14, d, rng, discrete=discrete)["error"] == 0).all()
+        assert (evaluate(fresh, cfg, 14, d, rng, discrete=discrete)["error"] > 0.3).all()
+    names = output_names(grown)
+    new = torch.tensor(["MIN" in str(n) for n in names])
+    assert 0 < int(new.sum()) < len(names)
+    for p, q in ((grown.controller.head.weight, fresh.controller.head.weight),
+                 (grown.controller.head.bias, fresh.controller.head.bias)):
+        assert torch.equal(p[..., new], q[..., new]) and not torch.equal(p[..., ~new], q[..., ~new])
+    assert torch.equal(grown.controller.l1.weight, small.controller.l1.weight)

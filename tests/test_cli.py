@@ -375,6 +375,11 @@ def test_a_run_can_start_from_a_trained_models_weights(cli):
         assert torch.equal(p.detach(), source[key][1:2].expand_as(p)), key
     saved = yaml.safe_load((cli.root / run.name / "config.yaml").read_text())
     assert saved["train"]["init"] == "run-1/seed-1"             # the run says where it started
+    grown = task_config("copy", None, ["M=9", "difficulty=3", "model.hidden=16", "train.seeds=2", "model.repeat=2",
+                                       "train.init=run-1/seed-1"])       # more gates: program.grow's test
+    _, trainer = new_run(RunStore(cli.root), grown)
+    assert trainer.model.Q == 2 * len(cfg.model.gates)
+    assert torch.equal(trainer.model.controller.l2.weight.detach(), source["controller.l2.weight"][1:2].expand(2, -1, -1))
     runs_before = sorted(p.name for p in cli.root.iterdir())
     one_line_error(cli("train", "copy", "--M", 9, "--difficulty", 3, "--set", "train.init=run-1",
                        "--set", "model.hidden=32"), "model.hidden=16")
