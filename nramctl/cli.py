@@ -18,7 +18,31 @@ from .runs import REPRODUCE_RESULT, RunError, RunStore
 from .shares import PoolError
 from .tasks import TASKS, TaskError, task
 
-app = typer.Typer(pretty_exceptions_enable=False, no_args_is_help=True,
+class OneLineErrors(typer.core.TyperGroup):
+    """Typer's command group, except that a value the command line itself refuses (an option that is not
+    a number, an unknown option, a missing argument) gets the one red line nramctl's own errors get, with
+    click's exit code 2, instead of a usage box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        click = getattr(typer.core, "_click", None) or __import__("click")   # typer >= 0.2x vendors click
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:     # a bare group: its help, as typer shows it
+            from typer.rich_utils import rich_format_error
+            rich_format_error(e)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            render.error(e.format_message())
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            render.error("aborted")
+            sys.exit(1)
+        sys.exit(code or 0)
+
+
+app = typer.Typer(cls=OneLineErrors, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Train, evaluate, generalize and inspect Neural Random-Access Machines.")
 tasks_app = typer.Typer(help="List the tasks, or show generated examples.", invoke_without_command=True)
 app.add_typer(tasks_app, name="tasks")

@@ -385,3 +385,24 @@ def test_a_run_can_start_from_a_trained_models_weights(cli):
                        "--set", "model.hidden=32"), "model.hidden=16")
     one_line_error(cli("train", "copy", "--M", 9, "--set", "train.init=run-9"), "no run 'run-9'")
     assert sorted(p.name for p in cli.root.iterdir()) == runs_before   # nothing half-made left
+
+
+def test_values_the_command_line_itself_refuses_get_one_line(monkeypatch, capsys, tmp_path):
+    """`nramctl` as a user runs it (cli.main, not the test runner): an option that is not a number, an
+    unknown option or command gets one line and exit 2 like nramctl's own errors; a good command exits 0."""
+    from nramctl.cli import main
+    monkeypatch.setenv("NRAMCTL_RUNS_DIR", str(tmp_path))
+    cases = ((["eval", "run-1", "--n", "abc"], "'--n': 'abc' is not a valid int", 2),
+             (["runs", "show", "run-1", "--top", "x"], "'--top': 'x'", 2),
+             (["train", "copy", "--bogus"], "No such option: --bogus", 2),
+             (["evaluate"], "No such command 'evaluate'", 2),
+             (["tasks"], "listsearch", 0))
+    for argv, needle, code in cases:
+        monkeypatch.setattr(sys, "argv", ["nramctl", *argv])
+        with pytest.raises(SystemExit) as e:
+            main()
+        out = capsys.readouterr()
+        assert e.value.code == code, (argv, out)
+        lines = [x for x in (out.out + out.err).splitlines() if x.strip()]
+        assert needle in out.out + out.err and "Traceback" not in out.err, (argv, out)
+        assert code == 0 or len(lines) == 1, (argv, out)
