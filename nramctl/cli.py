@@ -26,17 +26,18 @@ class OneLineErrors(typer.core.TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        click = getattr(typer.core, "_click", None) or __import__("click")   # typer >= 0.2x vendors click
+        # typer 0.28 vendors click (typer._click, its Abort and Exit in typer.exceptions); older ones use click
+        exceptions = (getattr(typer.core, "_click", None) or __import__("click")).exceptions
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
-        except click.exceptions.NoArgsIsHelpError as e:     # a bare group: its help, as typer shows it
+        except getattr(exceptions, "NoArgsIsHelpError", ()) as e:    # a bare group: its help, as typer shows it
             from typer.rich_utils import rich_format_error
             rich_format_error(e)
             sys.exit(e.exit_code)
-        except click.ClickException as e:
+        except exceptions.ClickException as e:
             render.error(e.format_message())
             sys.exit(e.exit_code)
-        except click.exceptions.Abort:
+        except typer.Abort:
             render.error("aborted")
             sys.exit(1)
         sys.exit(code or 0)
