@@ -41,24 +41,18 @@ def test_shipped_model_is_exact_over_its_training_range(name):
     assert res["error"][0] == 0 and res["discrete_error"][0] == 0 and res["discrete_agrees"][0] == 1
 
 
-@pytest.mark.parametrize("extra, name", [(k, n) for k, names in HOLD_EXTRA.items() for n in sorted(names)])
-def test_shipped_model_survives_extra_steps(name, extra):
+EXTRA_CASES = ([(k, n, False) for k, names in HOLD_EXTRA.items() for n in sorted(names)]
+               + [(k, n, True) for k, names in HOLD_EXTRA_DISCRETIZED.items() for n in sorted(names)])
+
+
+@pytest.mark.parametrize("extra, name, discretized_only", EXTRA_CASES)
+def test_shipped_model_survives_extra_steps(name, extra, discretized_only):
     cfg, model = _model(name)
     cfg = dataclasses.replace(cfg, T=extended_rule(cfg.T, extra))
     t = task(cfg.task)
-    d = np.arange(t.min_difficulty, cfg.difficulty + 1).repeat(3)
+    d = np.arange(t.min_difficulty, cfg.difficulty + 1).repeat(20 if discretized_only else 3)
     res = compare(model, cfg, cfg.M, d, np.random.default_rng(1))
-    assert res["error"][0] == 0 and res["discrete_error"][0] == 0
-
-
-@pytest.mark.parametrize("extra, name", [(k, n) for k, names in HOLD_EXTRA_DISCRETIZED.items() for n in sorted(names)])
-def test_shipped_model_survives_extra_steps_discretized(name, extra):
-    cfg, model = _model(name)
-    cfg = dataclasses.replace(cfg, T=extended_rule(cfg.T, extra))
-    t = task(cfg.task)
-    d = np.arange(t.min_difficulty, cfg.difficulty + 1).repeat(20)
-    res = compare(model, cfg, cfg.M, d, np.random.default_rng(1))
-    assert res["discrete_error"][0] == 0 and res["error"][0] <= 0.005
+    assert res["discrete_error"][0] == 0 and res["error"][0] <= (0.005 if discretized_only else 0)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
