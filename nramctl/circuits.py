@@ -2,7 +2,7 @@
 tasks, Permutation and ListSearch, that show those tasks can be solved within their T(n) steps with R = 4;
 and Permutation and ListSearch again as phase-free circuits: one circuit that every step repeats, on a few
 gates whose sequence comes several times a step."""
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from .gates import PAPER_GATES
 
@@ -56,7 +56,7 @@ LISTSEARCH = (4, [
 class Circuit(NamedTuple):
     R: int
     repeat: int                 # the gate sequence this many times a step
-    min_M: object               # the smallest M it solves the task's difficulty at (None: any M that holds it)
+    min_M: Optional[int]        # the smallest M it solves the task's difficulty at (None: any M that holds it)
     rules: list
     gates: tuple = tuple(PAPER_GATES)
 
