@@ -101,12 +101,24 @@ LISTSEARCH_UNIFORM = Circuit(2, 5, None, [
           "WRITE": ["r0", "READ"], "WRITE#2": ["r0", "READ"], "WRITE#3": ["r0", "READ"]}),   # cell 0 := q
 ], ("READ", "INC", "EQ", "ADD", "WRITE"))
 
+# The same circuit on the gates it uses, once each and in the order it uses them (eleven gates, once a
+# step): a gate sequence fitted to the circuit instead of a sequence repeated, so that a search from
+# scratch has 11 gates to wire instead of 25, each with fewer sources to choose among.
+LISTSEARCH_SEQUENCE = Circuit(2, 1, None, [
+    ({}, {"READ": ["r0"], "INC": ["READ"],                  # q = mem[0], q + 1
+          "READ#2": ["READ"], "READ#3": ["INC"],            # next(q), value(q)
+          "INC#2": ["r0"], "READ#4": ["INC#2"],             # the address 1, v
+          "EQ": ["READ#3", "READ#4"], "ADD": ["EQ", "EQ"],  # 2 [value(q) = v]
+          "WRITE": ["ADD", "READ#2"],                       # not v: cell 0 := next(q); v: cell 2 := next(q) ...
+          "INC#3": ["INC#2"], "WRITE#2": ["INC#3", "READ"]}),   # ... then cell 2 := q
+], ("READ", "INC", "READ", "READ", "INC", "READ", "EQ", "ADD", "WRITE", "INC", "WRITE"))
+
 CIRCUITS = {"access": ACCESS, "increment": INCREMENT, "copy": COPY, "permutation": PERMUTATION,
             "listsearch": LISTSEARCH}
 GATES = PAPER_GATES
 # Other circuits for a task, by name
 VARIANTS = {("permutation", "uniform"): PERMUTATION_UNIFORM, ("permutation", "fixed"): PERMUTATION_FIXED,
-            ("listsearch", "uniform"): LISTSEARCH_UNIFORM}
+            ("listsearch", "uniform"): LISTSEARCH_UNIFORM, ("listsearch", "sequence"): LISTSEARCH_SEQUENCE}
 
 
 def circuit(name, variant=None):

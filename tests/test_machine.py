@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from nramctl.circuits import CIRCUITS, GATES, LISTSEARCH_UNIFORM, PERMUTATION_FIXED, PERMUTATION_UNIFORM
+from nramctl.circuits import (CIRCUITS, GATES, LISTSEARCH_SEQUENCE, LISTSEARCH_UNIFORM, PERMUTATION_FIXED,
+                              PERMUTATION_UNIFORM)
 from nramctl.config import task_config
 from nramctl.data import make_batch
 from nramctl.discrete import discrete_run
@@ -228,12 +229,14 @@ def test_phase_free_permutation_circuit_with_min_is_a_fixed_point(T):
 
 @pytest.mark.parametrize("M", [15, 31])
 @pytest.mark.parametrize("T", ["2*n+3", "n+1", "6*n+20"])
-def test_phase_free_listsearch_circuit_stops_its_walk_at_the_first_match(M, T):
-    """One circuit repeated every step (READ, INC, EQ, ADD, WRITE five times; no phase, no zero flag)
-    solves ListSearch, fuzzy and discrete, at any M: its walk needs n + 1 steps at most and then stands
-    on the first node whose value is v, so three times tasks.yaml's steps and more give the same answer.
-    Where v occurs more than once in a list, the first occurrence must win: a plain walk finds it."""
-    R, repeat, _, rules, gates = LISTSEARCH_UNIFORM
+@pytest.mark.parametrize("wiring", [LISTSEARCH_UNIFORM, LISTSEARCH_SEQUENCE], ids=["uniform", "sequence"])
+def test_phase_free_listsearch_circuit_stops_its_walk_at_the_first_match(M, T, wiring):
+    """One circuit repeated every step (READ, INC, EQ, ADD, WRITE five times, or its eleven gates once
+    in the order it uses them; no phase, no zero flag) solves ListSearch, fuzzy and discrete, at any M:
+    its walk needs n + 1 steps at most and then stands on the first node whose value is v, so three
+    times tasks.yaml's steps and more give the same answer. Where v occurs more than once in a list,
+    the first occurrence must win: a plain walk finds it."""
+    R, repeat, _, rules, gates = wiring
     model = wired(R, gates, rules, repeat=repeat)
     n = (M - 3) // 2
     b = make_batch("listsearch", M, np.arange(1, n + 1).repeat(12), np.random.default_rng(M), T)
