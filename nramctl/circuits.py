@@ -113,12 +113,34 @@ LISTSEARCH_SEQUENCE = Circuit(2, 1, None, [
           "INC#3": ["INC#2"], "WRITE#2": ["INC#3", "READ"]}),   # ... then cell 2 := q
 ], ("READ", "INC", "READ", "READ", "INC", "READ", "EQ", "ADD", "WRITE", "INC", "WRITE"))
 
+# Merge as one circuit that every step repeats, on twenty gates once a step, with R = 1 (r0 is never
+# written, so READ(r0) = mem[0]). The three pointers live where the task puts them, in cells 0 (into A),
+# 1 (into B) and 2 (the output): each step writes m = min(x, y) of the two heads x = A's and y = B's at
+# the output pointer, then moves it on and moves on A's pointer where x <= y, else B's. Once both heads
+# are the guardian G = M - 1 (= DEC(0)), m = G and no pointer moves (adv = [m < G]): the answer is a
+# fixed point, exact with any number of extra steps. A write of G past the output (to cell 0 at n = 10,
+# M = 25) is overwritten in the same step by cell 0's own.
+MERGE_FIXED = Circuit(1, 1, None, [
+    ({}, {"INC": ["r0"], "INC#2": ["INC"], "DEC": ["r0"],               # the addresses 1 and 2, G
+          "READ": ["r0"], "READ#2": ["INC"], "READ#3": ["INC#2"],      # pa, pb, po
+          "READ#4": ["READ"], "READ#5": ["READ#2"],                     # x = mem[pa], y = mem[pb]
+          "MIN": ["READ#4", "READ#5"], "LE": ["READ#4", "READ#5"],     # m, [x <= y]
+          "LT": ["MIN", "DEC"], "WRITE": ["READ#3", "MIN"],             # adv = [m < G]; mem[po] := m
+          "MIN#2": ["LE", "LT"],                                       # A's pointer moves: [x <= y] and adv
+          "ADD": ["READ", "MIN#2"], "WRITE#2": ["r0", "ADD"],           # cell 0 := pa + that
+          "ADD#2": ["READ#2", "LT"], "SUB": ["ADD#2", "MIN#2"],         # cell 1 := pb + adv - that
+          "WRITE#3": ["INC", "SUB"],
+          "ADD#3": ["READ#3", "LT"], "WRITE#4": ["INC#2", "ADD#3"]}),  # cell 2 := po + adv
+], ("INC", "INC", "DEC", "READ", "READ", "READ", "READ", "READ", "MIN", "LE", "LT", "WRITE", "MIN", "ADD",
+    "WRITE", "ADD", "SUB", "WRITE", "ADD", "WRITE"))
+
 CIRCUITS = {"access": ACCESS, "increment": INCREMENT, "copy": COPY, "permutation": PERMUTATION,
             "listsearch": LISTSEARCH}
 GATES = PAPER_GATES
 # Other circuits for a task, by name
 VARIANTS = {("permutation", "uniform"): PERMUTATION_UNIFORM, ("permutation", "fixed"): PERMUTATION_FIXED,
-            ("listsearch", "uniform"): LISTSEARCH_UNIFORM, ("listsearch", "sequence"): LISTSEARCH_SEQUENCE}
+            ("listsearch", "uniform"): LISTSEARCH_UNIFORM, ("listsearch", "sequence"): LISTSEARCH_SEQUENCE,
+            ("merge", "fixed"): MERGE_FIXED}
 
 
 def circuit(name, variant=None):

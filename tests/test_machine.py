@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from nramctl.circuits import (CIRCUITS, GATES, LISTSEARCH_SEQUENCE, LISTSEARCH_UNIFORM, PERMUTATION_FIXED,
+from nramctl.circuits import (CIRCUITS, GATES, LISTSEARCH_SEQUENCE, LISTSEARCH_UNIFORM, MERGE_FIXED, PERMUTATION_FIXED,
                               PERMUTATION_UNIFORM)
 from nramctl.config import task_config
 from nramctl.data import make_batch
@@ -252,4 +252,28 @@ def test_phase_free_listsearch_circuit_stops_its_walk_at_the_first_match(M, T, w
     fuzzy = fuzzy_run(model, b).pred
     disc, _, _ = discrete_run(model, b.memory, b.T)
     for pred in (fuzzy, disc):
+        assert torch.equal(pred[b.mask], b.target[b.mask])
+
+
+@pytest.mark.parametrize("M", [25, 31])
+@pytest.mark.parametrize("T", ["2*n+3", "n", "3*n+7"])
+def test_phase_free_merge_circuit_is_a_fixed_point(M, T):
+    """One circuit repeated every step (twenty gates, R = 1) merges A and B, fuzzy and discrete, at the
+    task's M and at a larger one: n steps suffice (one element a step), and once both heads are the
+    guardian nothing moves, so tasks.yaml's steps and more give the same answer. The oracle is a plain
+    merge of the two sorted runs read back from the memory, checked against the task's targets first."""
+    R, repeat, _, rules, gates = MERGE_FIXED
+    model = wired(R, gates, rules, repeat=repeat)
+    n = (M - 5) // 2
+    b = make_batch("merge", M, np.arange(1, n + 1).repeat(8), np.random.default_rng(M), T)
+    for mem, target, mask in zip(b.memory.tolist(), b.target.tolist(), b.mask.tolist()):
+        runs = []
+        for start in (mem[0], mem[1]):                  # each run from its pointer up to the guardian
+            end = mem.index(M - 1, start)
+            runs.append(mem[start:end])
+        merged, (a, bb) = [], runs
+        while a or bb:                                  # the first run wins ties
+            merged.append(a.pop(0) if a and (not bb or a[0] <= bb[0]) else bb.pop(0))
+        assert [t for t, m in zip(target, mask) if m] == merged
+    for pred in (fuzzy_run(model, b).pred, discrete_run(model, b.memory, b.T)[0]):
         assert torch.equal(pred[b.mask], b.target[b.mask])
