@@ -104,7 +104,7 @@ LISTSEARCH_UNIFORM = Circuit(2, 5, None, [
 # The same circuit on the gates it uses, once each and in the order it uses them (eleven gates, once a
 # step): a gate sequence fitted to the circuit instead of a sequence repeated, so that a search from
 # scratch has 11 gates to wire instead of 25, each with fewer sources to choose among.
-LISTSEARCH_SEQUENCE = Circuit(2, 1, None, [
+LISTSEARCH_SEQUENCE = Circuit(1, 1, None, [
     ({}, {"READ": ["r0"], "INC": ["READ"],                  # q = mem[0], q + 1
           "READ#2": ["READ"], "READ#3": ["INC"],            # next(q), value(q)
           "INC#2": ["r0"], "READ#4": ["INC#2"],             # the address 1, v
@@ -134,12 +134,20 @@ MERGE_FIXED = Circuit(1, 1, None, [
 ], ("INC", "INC", "DEC", "READ", "READ", "READ", "READ", "READ", "MIN", "LE", "LT", "WRITE", "MIN", "ADD",
     "WRITE", "ADD", "SUB", "WRITE", "ADD", "WRITE"))
 
+# Not a solution: LISTSEARCH_SEQUENCE with the walk's write always to cell 0, so the walk never stops
+# (100% error with T(n) steps: it runs off the list's end). A stepping stone for `basin`: from this walk,
+# perturbed, does training find the stop on a match (the write's address 2 [value(q) = v])?
+LISTSEARCH_WALK = Circuit(1, 1, None, [
+    ({}, {**LISTSEARCH_SEQUENCE.rules[0][1], "WRITE": ["r0", "READ#2"]}),
+], LISTSEARCH_SEQUENCE.gates)
+
 CIRCUITS = {"access": ACCESS, "increment": INCREMENT, "copy": COPY, "permutation": PERMUTATION,
             "listsearch": LISTSEARCH}
 GATES = PAPER_GATES
 # Other circuits for a task, by name
 VARIANTS = {("permutation", "uniform"): PERMUTATION_UNIFORM, ("permutation", "fixed"): PERMUTATION_FIXED,
             ("listsearch", "uniform"): LISTSEARCH_UNIFORM, ("listsearch", "sequence"): LISTSEARCH_SEQUENCE,
+            ("listsearch", "walk"): LISTSEARCH_WALK,
             ("merge", "fixed"): MERGE_FIXED}
 
 

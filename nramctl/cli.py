@@ -877,7 +877,8 @@ def bench(
 @command()
 def basin(
     task_name: Annotated[str, typer.Argument(metavar="TASK", help="A task with a hand-wired circuit: access, "
-                                             "increment, copy, permutation or listsearch.",
+                                             "increment, copy, permutation, listsearch or (with --circuit "
+                                             "fixed) merge.",
                                              autocompletion=complete_tasks)],
     mode: Annotated[str, typer.Option(help="scale: the solved model's head x AMOUNT (softer choices); mix: "
                                            "(1 - AMOUNT) solved + AMOUNT fresh initialization.")] = "scale",
@@ -886,9 +887,12 @@ def basin(
     seeds: Annotated[int, typer.Option(help="Seeds per amount (each its own fresh initialization and data).")] = 8,
     circuit: Annotated[Optional[str], typer.Option(help="Another circuit of the task, phase-free (one circuit "
                                                    "every step): uniform (permutation: the 14 gates three times, "
-                                                   "M >= 14; listsearch: READ, INC, EQ, ADD, WRITE five times) "
-                                                   "or fixed (permutation: READ, INC, ADD, MIN, WRITE three "
-                                                   "times, exact with extra steps).")] = None,
+                                                   "M >= 14; listsearch: READ, INC, EQ, ADD, WRITE five times), "
+                                                   "fixed (permutation: READ, INC, ADD, MIN, WRITE three "
+                                                   "times, exact with extra steps; merge: its 20 gates once), "
+                                                   "sequence (listsearch: its 11 gates once) or walk (listsearch: "
+                                                   "the same walk never stopping, a stepping stone, not a "
+                                                   "solution).")] = None,
     n: Annotated[int, typer.Option("--n", help="Test examples per training difficulty.")] = 50,
     config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
     set_: Annotated[List[str], typer.Option("--set", help="Override a field: key=value (training settings, "

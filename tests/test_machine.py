@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from nramctl.circuits import (CIRCUITS, GATES, LISTSEARCH_SEQUENCE, LISTSEARCH_UNIFORM, MERGE_FIXED, PERMUTATION_FIXED,
-                              PERMUTATION_UNIFORM)
+from nramctl.circuits import (CIRCUITS, GATES, LISTSEARCH_SEQUENCE, LISTSEARCH_UNIFORM, LISTSEARCH_WALK, MERGE_FIXED,
+                              PERMUTATION_FIXED, PERMUTATION_UNIFORM)
 from nramctl.config import task_config
 from nramctl.data import make_batch
 from nramctl.discrete import discrete_run
@@ -277,3 +277,23 @@ def test_phase_free_merge_circuit_is_a_fixed_point(M, T):
         assert [t for t, m in zip(target, mask) if m] == merged
     for pred in (fuzzy_run(model, b).pred, discrete_run(model, b.memory, b.T)[0]):
         assert torch.equal(pred[b.mask], b.target[b.mask])
+
+
+@pytest.mark.parametrize("T, answer", [("n", "tail"), ("2*n+3", "null")])
+def test_listsearch_walk_stepping_stone_never_stops(T, answer):
+    """basin's stepping stone: the sequence circuit with the walk's write always to cell 0. It stands on
+    the list's last node after n steps and has run off the end (NULL) after T(n), whatever v is: a
+    plain walk from the head is the oracle."""
+    R, repeat, _, rules, gates = LISTSEARCH_WALK
+    model = wired(R, gates, rules, repeat=repeat)
+    b = make_batch("listsearch", 15, np.arange(1, 7).repeat(6), np.random.default_rng(3), T)
+    tails = []
+    for mem in b.memory.tolist():
+        node = mem[0]
+        while mem[node]:
+            node = mem[node]
+        tails.append(node)
+    want = torch.tensor(tails) if answer == "tail" else torch.zeros(len(tails), dtype=torch.long)
+    assert (want != b.target[:, 2]).sum() > 10                     # mostly not ListSearch's answer
+    for pred in (fuzzy_run(model, b).pred, discrete_run(model, b.memory, b.T)[0]):
+        assert torch.equal(pred[:, 2], want)
