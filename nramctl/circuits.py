@@ -141,13 +141,19 @@ LISTSEARCH_WALK = Circuit(1, 1, None, [
     ({}, {**LISTSEARCH_SEQUENCE.rules[0][1], "WRITE": ["r0", "READ#2"]}),
 ], LISTSEARCH_SEQUENCE.gates)
 
+# The walk and nothing else: LISTSEARCH_WALK with the comparison unwired too (EQ and ADD read r0), so
+# that training from it has to find the value(q) = v test and route it to the write's address itself.
+LISTSEARCH_WALK_ONLY = Circuit(1, 1, None, [
+    ({}, {**LISTSEARCH_WALK.rules[0][1], "EQ": ["r0", "r0"], "ADD": ["r0", "r0"]}),
+], LISTSEARCH_SEQUENCE.gates)
+
 CIRCUITS = {"access": ACCESS, "increment": INCREMENT, "copy": COPY, "permutation": PERMUTATION,
             "listsearch": LISTSEARCH}
 GATES = PAPER_GATES
 # Other circuits for a task, by name
 VARIANTS = {("permutation", "uniform"): PERMUTATION_UNIFORM, ("permutation", "fixed"): PERMUTATION_FIXED,
             ("listsearch", "uniform"): LISTSEARCH_UNIFORM, ("listsearch", "sequence"): LISTSEARCH_SEQUENCE,
-            ("listsearch", "walk"): LISTSEARCH_WALK,
+            ("listsearch", "walk"): LISTSEARCH_WALK, ("listsearch", "walk-only"): LISTSEARCH_WALK_ONLY,
             ("merge", "fixed"): MERGE_FIXED}
 
 

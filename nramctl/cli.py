@@ -890,9 +890,10 @@ def basin(
                                                    "M >= 14; listsearch: READ, INC, EQ, ADD, WRITE five times), "
                                                    "fixed (permutation: READ, INC, ADD, MIN, WRITE three "
                                                    "times, exact with extra steps; merge: its 20 gates once), "
-                                                   "sequence (listsearch: its 11 gates once) or walk (listsearch: "
-                                                   "the same walk never stopping, a stepping stone, not a "
-                                                   "solution).")] = None,
+                                                   "sequence (listsearch: its 11 gates once), walk (listsearch: "
+                                                   "the same walk never stopping, its comparison wired, a "
+                                                   "stepping stone, not a solution) or walk-only (the walk "
+                                                   "and nothing else).")] = None,
     n: Annotated[int, typer.Option("--n", help="Test examples per training difficulty.")] = 50,
     config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
     set_: Annotated[List[str], typer.Option("--set", help="Override a field: key=value (training settings, "
