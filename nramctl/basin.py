@@ -42,12 +42,13 @@ def basin_config(name, config=None, overrides=(), seeds=8, variant=None):
     try:
         R, repeat, min_M, _, gates = circuit(key, variant)
     except KeyError:
-        known = ", ".join(v for t, v in VARIANTS if t == key) or "none"
+        known = [v for t, v in VARIANTS if t == key]
         if variant is None:
-            hint = f" (its phase-free circuits: --circuit {known})" if known != "none" else ""
+            hint = f" (its phase-free circuits: --circuit {', '.join(known)})" if known else ""
             raise ConfigError(f"no hand-wired circuit for {key}{hint}; basin knows "
                               f"{', '.join(sorted(CIRCUITS))}") from None
-        raise ConfigError(f"--circuit {variant}: no such circuit for {key} (its variants: {known})") from None
+        raise ConfigError(f"--circuit {variant}: no such circuit for {key} "
+                          f"(its variants: {', '.join(known) or 'none'})") from None
     # a task's own search settings (tasks.yaml: Permutation restarts its seeds) do not apply here
     fixed = [f"model.R={R}", f"model.repeat={repeat}", f"model.gates=[{','.join(gates)}]", "train.population.mode=off",
              "train.population.deadlines=[]"]

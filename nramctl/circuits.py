@@ -1,7 +1,8 @@
 """Hand-wired circuits on the paper's 14 gates (see nramctl.program): Access, Increment and Copy, and two hard
 tasks, Permutation and ListSearch, that show those tasks can be solved within their T(n) steps with R = 4;
-and Permutation and ListSearch again as phase-free circuits: one circuit that every step repeats, on a few
-gates whose sequence comes several times a step."""
+and Permutation, ListSearch and Merge as phase-free circuits: one circuit that every step repeats, on a few
+gates whose sequence comes several times a step (or on the circuit's own gates once, in the order it uses
+them), with two ListSearch stepping stones for `basin` that are not solutions."""
 from typing import NamedTuple, Optional
 
 from .gates import PAPER_GATES
