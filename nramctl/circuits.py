@@ -148,6 +148,22 @@ LISTSEARCH_WALK_ONLY = Circuit(1, 1, None, [
     ({}, {**LISTSEARCH_WALK.rules[0][1], "EQ": ["r0", "r0"], "ADD": ["r0", "r0"]}),
 ], LISTSEARCH_SEQUENCE.gates)
 
+# ListSearch with halting instead of a conditional write (R 2; r0 is never written, so READ(r0) = mem[0]):
+# every step writes the node q = mem[0] into cell 2, moves cell 0 on to next(q) and sets r1 := [value(q)
+# = v]. The step after a match sees r1 != 0 and halts with the memory unchanged, so cell 2 still holds
+# that node. The walk is unconditional and the one conditional is the controller's own (a zero flag to
+# the stop logit and to the writes), where LISTSEARCH_SEQUENCE routes the comparison into a write's
+# address. It needs n + 1 steps and its answer holds with any number more, since it has halted.
+LISTSEARCH_HALT = Circuit(2, 1, None, [
+    ({1: False}, {"READ": ["r0"], "WRITE": ["r0", "READ"], "WRITE#2": ["r0", "READ"], "stop": True}),
+    ({}, {"READ": ["r0"], "INC": ["READ"],                          # q = mem[0], q + 1
+          "READ#2": ["READ"], "READ#3": ["INC"],                    # next(q), value(q)
+          "INC#2": ["r0"], "READ#4": ["INC#2"],                     # the address 1, v
+          "EQ": ["READ#3", "READ#4"], "INC#3": ["INC#2"],           # [value(q) = v], the address 2
+          "WRITE": ["INC#3", "READ"], "WRITE#2": ["r0", "READ#2"],  # cell 2 := q, cell 0 := next(q)
+          "r1": "EQ"}),
+], ("READ", "INC", "READ", "READ", "INC", "READ", "EQ", "INC", "WRITE", "WRITE"))
+
 CIRCUITS = {"access": ACCESS, "increment": INCREMENT, "copy": COPY, "permutation": PERMUTATION,
             "listsearch": LISTSEARCH}
 GATES = PAPER_GATES
@@ -155,6 +171,7 @@ GATES = PAPER_GATES
 VARIANTS = {("permutation", "uniform"): PERMUTATION_UNIFORM, ("permutation", "fixed"): PERMUTATION_FIXED,
             ("listsearch", "uniform"): LISTSEARCH_UNIFORM, ("listsearch", "sequence"): LISTSEARCH_SEQUENCE,
             ("listsearch", "walk"): LISTSEARCH_WALK, ("listsearch", "walk-only"): LISTSEARCH_WALK_ONLY,
+            ("listsearch", "halt"): LISTSEARCH_HALT,
             ("merge", "fixed"): MERGE_FIXED}
 
 

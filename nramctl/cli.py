@@ -892,8 +892,10 @@ def basin(
                                                    "times, exact with extra steps; merge: its 20 gates once), "
                                                    "sequence (listsearch: its 11 gates once), walk (listsearch: "
                                                    "the same walk never stopping, its comparison wired, a "
-                                                   "stepping stone, not a solution) or walk-only (the walk "
-                                                   "and nothing else).")] = None,
+                                                   "stepping stone, not a solution), walk-only (the walk "
+                                                   "and nothing else) or halt (listsearch: a walk that "
+                                                   "halts on its zero flag the step after a match; ten "
+                                                   "gates once, R 2).")] = None,
     n: Annotated[int, typer.Option("--n", help="Test examples per training difficulty.")] = 50,
     config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
     set_: Annotated[List[str], typer.Option("--set", help="Override a field: key=value (training settings, "

@@ -20,7 +20,8 @@ SMALL = ["M=9", "difficulty=3", "train.batch=8", "train.eval_examples=40"]
 
 @pytest.mark.parametrize("name, variant, M", [("access", None, 9), ("permutation", None, 9),
                                               ("permutation", "uniform", 14), ("listsearch", "uniform", 9),
-                                              ("listsearch", "sequence", 9), ("merge", "fixed", 11)])
+                                              ("listsearch", "sequence", 9), ("listsearch", "halt", 9),
+                                              ("merge", "fixed", 11)])
 def test_the_distilled_mlp_solves_the_task_as_the_circuit_does(name, variant, M):
     cfg = basin_config(name, overrides=[f"M={M}", "difficulty=3"], seeds=2, variant=variant)
     model = Trainer(cfg).model

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from nramctl.circuits import (CIRCUITS, GATES, LISTSEARCH_SEQUENCE, LISTSEARCH_UNIFORM, LISTSEARCH_WALK,
-                              LISTSEARCH_WALK_ONLY, MERGE_FIXED, PERMUTATION_FIXED, PERMUTATION_UNIFORM)
+from nramctl.circuits import (CIRCUITS, GATES, LISTSEARCH_HALT, LISTSEARCH_SEQUENCE, LISTSEARCH_UNIFORM,
+                              LISTSEARCH_WALK, LISTSEARCH_WALK_ONLY, MERGE_FIXED, PERMUTATION_FIXED, PERMUTATION_UNIFORM)
 from nramctl.config import task_config
 from nramctl.data import make_batch
 from nramctl.discrete import discrete_run
@@ -229,30 +229,37 @@ def test_phase_free_permutation_circuit_with_min_is_a_fixed_point(T):
 
 @pytest.mark.parametrize("M", [15, 31])
 @pytest.mark.parametrize("T", ["2*n+3", "n+1", "6*n+20"])
-@pytest.mark.parametrize("wiring", [LISTSEARCH_UNIFORM, LISTSEARCH_SEQUENCE], ids=["uniform", "sequence"])
+@pytest.mark.parametrize("wiring", [LISTSEARCH_UNIFORM, LISTSEARCH_SEQUENCE, LISTSEARCH_HALT],
+                         ids=["uniform", "sequence", "halt"])
 def test_phase_free_listsearch_circuit_stops_its_walk_at_the_first_match(M, T, wiring):
     """One circuit repeated every step (READ, INC, EQ, ADD, WRITE five times, or its eleven gates once
     in the order it uses them; no phase, no zero flag) solves ListSearch, fuzzy and discrete, at any M:
     its walk needs n + 1 steps at most and then stands on the first node whose value is v, so three
-    times tasks.yaml's steps and more give the same answer. Where v occurs more than once in a list,
-    the first occurrence must win: a plain walk finds it."""
+    times tasks.yaml's steps and more give the same answer. The halting circuit walks on regardless and
+    halts the step after its zero flag sees the match, by step n. Where v occurs more than once in a
+    list, the first occurrence must win: a plain walk finds it."""
     R, repeat, _, rules, gates = wiring
     model = wired(R, gates, rules, repeat=repeat)
     n = (M - 3) // 2
     b = make_batch("listsearch", M, np.arange(1, n + 1).repeat(12), np.random.default_rng(M), T)
-    repeated = 0
+    repeated, walks = 0, []
     for mem, target in zip(b.memory.tolist(), b.target[:, 2].tolist()):
         node, hits = mem[0], []
+        walks.append([])
         while node:                                     # the list from its head to NULL
             hits += [node] if mem[node + 1] == mem[1] else []
+            walks[-1].append(node)
             node = mem[node]
         assert hits[0] == target
         repeated += len(hits) > 1
     assert repeated >= 5
-    fuzzy = fuzzy_run(model, b).pred
-    disc, _, _ = discrete_run(model, b.memory, b.T)
-    for pred in (fuzzy, disc):
+    fuzzy = fuzzy_run(model, b)
+    disc, halt, _ = discrete_run(model, b.memory, b.T)
+    for pred in (fuzzy.pred, disc):
         assert torch.equal(pred[b.mask], b.target[b.mask])
+    if wiring is LISTSEARCH_HALT:                       # halts the step after the match: at its index + 1
+        index = [walk.index(t) for walk, t in zip(walks, b.target[:, 2].tolist())]
+        assert fuzzy.halt.tolist() == halt.tolist() == [i + 1 for i in index]
 
 
 @pytest.mark.parametrize("M", [25, 31])
