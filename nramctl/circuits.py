@@ -2,7 +2,8 @@
 tasks, Permutation and ListSearch, that show those tasks can be solved within their T(n) steps with R = 4;
 and Permutation, ListSearch and Merge as phase-free circuits: one circuit that every step repeats, on a few
 gates whose sequence comes several times a step (or on the circuit's own gates once, in the order it uses
-them), with two ListSearch stepping stones for `basin` that are not solutions."""
+them), with ListSearch stepping stones for `basin` that are not solutions; and ListSearch by halting
+on a register's zero flag (LISTSEARCH_HALT) with its two stepping stones."""
 from typing import NamedTuple, Optional
 
 from .gates import PAPER_GATES
@@ -164,6 +165,15 @@ LISTSEARCH_HALT = Circuit(2, 1, None, [
           "r1": "EQ"}),
 ], ("READ", "INC", "READ", "READ", "INC", "READ", "EQ", "INC", "WRITE", "WRITE"))
 
+# Not a solution: LISTSEARCH_HALT's walk that never halts (its flag r1 := [value(q) = v] still set every
+# step). A stepping stone for `basin`: from this walk, does training learn to halt on the flag?
+LISTSEARCH_HALT_WALK = Circuit(2, 1, None, LISTSEARCH_HALT.rules[1:], LISTSEARCH_HALT.gates)
+
+# The same walk without its flag (r1 never set): training from it has to find the comparison too.
+LISTSEARCH_HALT_WALK_ONLY = Circuit(2, 1, None, [
+    ({}, {k: v for k, v in LISTSEARCH_HALT.rules[1][1].items() if k != "r1"}),
+], LISTSEARCH_HALT.gates)
+
 CIRCUITS = {"access": ACCESS, "increment": INCREMENT, "copy": COPY, "permutation": PERMUTATION,
             "listsearch": LISTSEARCH}
 GATES = PAPER_GATES
@@ -172,6 +182,8 @@ VARIANTS = {("permutation", "uniform"): PERMUTATION_UNIFORM, ("permutation", "fi
             ("listsearch", "uniform"): LISTSEARCH_UNIFORM, ("listsearch", "sequence"): LISTSEARCH_SEQUENCE,
             ("listsearch", "walk"): LISTSEARCH_WALK, ("listsearch", "walk-only"): LISTSEARCH_WALK_ONLY,
             ("listsearch", "halt"): LISTSEARCH_HALT,
+            ("listsearch", "halt-walk"): LISTSEARCH_HALT_WALK,
+            ("listsearch", "halt-walk-only"): LISTSEARCH_HALT_WALK_ONLY,
             ("merge", "fixed"): MERGE_FIXED}
 
 

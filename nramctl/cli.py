@@ -895,7 +895,8 @@ def basin(
                                                    "stepping stone, not a solution), walk-only (the walk "
                                                    "and nothing else) or halt (listsearch: a walk that "
                                                    "halts on its zero flag the step after a match; ten "
-                                                   "gates once, R 2).")] = None,
+                                                   "gates once, R 2), halt-walk (its walk, never halting, "
+                                                   "the flag set) or halt-walk-only (its walk alone).")] = None,
     n: Annotated[int, typer.Option("--n", help="Test examples per training difficulty.")] = 50,
     config: Annotated[Optional[Path], typer.Option(help="Your own tasks.yaml.")] = None,
     set_: Annotated[List[str], typer.Option("--set", help="Override a field: key=value (training settings, "

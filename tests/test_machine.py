@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from nramctl.circuits import (CIRCUITS, GATES, LISTSEARCH_HALT, LISTSEARCH_SEQUENCE, LISTSEARCH_UNIFORM,
-                              LISTSEARCH_WALK, LISTSEARCH_WALK_ONLY, MERGE_FIXED, PERMUTATION_FIXED, PERMUTATION_UNIFORM)
+from nramctl.circuits import (CIRCUITS, GATES, LISTSEARCH_HALT, LISTSEARCH_HALT_WALK, LISTSEARCH_HALT_WALK_ONLY,
+                              LISTSEARCH_SEQUENCE, LISTSEARCH_UNIFORM, LISTSEARCH_WALK, LISTSEARCH_WALK_ONLY, MERGE_FIXED, PERMUTATION_FIXED, PERMUTATION_UNIFORM)
 from nramctl.config import task_config
 from nramctl.data import make_batch
 from nramctl.discrete import discrete_run
@@ -287,11 +287,12 @@ def test_phase_free_merge_circuit_is_a_fixed_point(M, T):
 
 
 @pytest.mark.parametrize("T, answer", [("n", "tail"), ("2*n+3", "null")])
-@pytest.mark.parametrize("wiring", [LISTSEARCH_WALK, LISTSEARCH_WALK_ONLY], ids=["walk", "walk-only"])
+@pytest.mark.parametrize("wiring", [LISTSEARCH_WALK, LISTSEARCH_WALK_ONLY, LISTSEARCH_HALT_WALK,
+                                    LISTSEARCH_HALT_WALK_ONLY], ids=["walk", "walk-only", "halt-walk", "halt-walk-only"])
 def test_listsearch_walk_stepping_stone_never_stops(T, answer, wiring):
-    """basin's stepping stone: the sequence circuit with the walk's write always to cell 0. It stands on
-    the list's last node after n steps and has run off the end (NULL) after T(n), whatever v is: a
-    plain walk from the head is the oracle."""
+    """basin's stepping stones: the sequence circuit with the walk's write always to cell 0, and the
+    halting circuit's walk that never halts. Each stands on the list's last node after n steps and has
+    run off the end (NULL) after T(n), whatever v is: a plain walk from the head is the oracle."""
     R, repeat, _, rules, gates = wiring
     model = wired(R, gates, rules, repeat=repeat)
     b = make_batch("listsearch", 15, np.arange(1, 7).repeat(6), np.random.default_rng(3), T)
