@@ -169,9 +169,11 @@ LISTSEARCH_HALT = Circuit(2, 1, None, [
 # step). A stepping stone for `basin`: from this walk, does training learn to halt on the flag?
 LISTSEARCH_HALT_WALK = Circuit(2, 1, None, LISTSEARCH_HALT.rules[1:], LISTSEARCH_HALT.gates)
 
-# The same walk without its flag (r1 never set): training from it has to find the comparison too.
+# The same walk alone: no flag (r1 never set) and the comparison unwired (READ#4 and EQ read r0), so
+# that training from it has to find the test value(q) = v, keep it in a register and halt on it.
 LISTSEARCH_HALT_WALK_ONLY = Circuit(2, 1, None, [
-    ({}, {k: v for k, v in LISTSEARCH_HALT.rules[1][1].items() if k != "r1"}),
+    ({}, {**{k: v for k, v in LISTSEARCH_HALT.rules[1][1].items() if k != "r1"},
+          "READ#4": ["r0"], "EQ": ["r0", "r0"]}),
 ], LISTSEARCH_HALT.gates)
 
 CIRCUITS = {"access": ACCESS, "increment": INCREMENT, "copy": COPY, "permutation": PERMUTATION,
