@@ -12,7 +12,9 @@ The stones, each in ListSearch's layout | head | v | out | nodes (next, value) a
     hop      cell 2 := [mem[head] = v] (the head's next pointer against v, equal half the time), T = 1
     compare  cell 2 := [value(head) = v] (equal half the time), T = 1
     walk     a list two nodes longer than n at M 21: cell 2 := its n-th node, cell 0 := node n + 1, T = n
-The three comparisons train on every length at once (no curriculum); the walk and ListSearch with it."""
+The three comparisons train on every length at once (no curriculum); the walk and ListSearch with it.
+Stones joined by + (`--stages pair,hop,walk+compare`) train together: their steps alternate on one set of
+weights (each keeps its own Adam state), and a seed has solved the stage when it is exact on all of them."""
 import argparse
 import dataclasses
 import json
@@ -75,6 +77,10 @@ def walk(n, M, rng, k):
     return mem, target, mask
 
 
+def _weights(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+
+
 ONE_STEP = ["T=1", "train.curriculum.enabled=false"]
 STONES = {"pair": (pair, ONE_STEP, lambda n: 1), "hop": (hop, ONE_STEP, lambda n: 1),
           "compare": (compare, ONE_STEP, lambda n: 1), "walk": (walk, ["T=n", "M=21"], lambda n: n)}
@@ -96,18 +102,31 @@ def main():
               "train.curriculum.threshold=0.01", f"train.seeds={a.seeds}", f"train.seed={a.seed}"]
     t0, rng, params, report = time.time(), np.random.default_rng(1), None, {"stages": {}}
     for stage in a.stages.split(","):
-        cfg = dataclasses.replace(task_config("listsearch", None, common + STONES[stage][1]), task=stage)
-        trainer = Trainer(cfg)
+        parts = stage.split("+")                # "walk+compare": the stones' steps alternate on one set of weights
+        trainers = [Trainer(dataclasses.replace(task_config("listsearch", None, common + STONES[p][1]), task=p))
+                    for p in parts]
         if params is not None:                  # each seed from its own weights of the stage before
-            perturb(trainer.model, params, params, "mix", 0.0)
+            perturb(trainers[0].model, params, params, "mix", 0.0)
+        current = trainers[0]
+
+        def take(trainer):                      # the weights the last step left, into this stone's trainer
+            if trainer is not current:
+                perturb(trainer.model, _weights(current), None, "scale", 1.0)
+            return trainer
+
+        def errors(per_difficulty):
+            return np.max([_errors(take(t).model, t.cfg, per_difficulty, rng) for t in trainers], axis=0)
+
         for i in range(a.stage_steps):
-            trainer.train_step()
-            if (i + 1) % 250 == 0 and (_errors(trainer.model, cfg, 30, rng) == 0).all():
+            for trainer in trainers:
+                current = take(trainer)
+                current.train_step()
+            if (i + 1) % 250 == 0 and (errors(30) == 0).all():
                 break
-        e = _errors(trainer.model, cfg, 50, rng)
+        e = errors(50)
         report["stages"][stage] = {"steps": i + 1, "solved": int((e == 0).sum()), "errors": np.round(e, 3).tolist()}
         print(stage, json.dumps(report["stages"][stage]), f"{time.time() - t0:.0f}s", flush=True)
-        params = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+        params = _weights(current)
     base = task_config("listsearch", None, common)
     cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, seed=a.seed + 50))
     trainer = Trainer(cfg)
