@@ -25,6 +25,7 @@ import numpy as np
 from nramctl import tasks as T
 from nramctl.basin import _errors, perturb
 from nramctl.config import task_config
+from nramctl.evaluate import evaluate
 from nramctl.train import Trainer
 
 GATES = "model.gates=[READ,INC,READ,READ,INC,READ,EQ,INC,WRITE,WRITE]"
@@ -95,6 +96,7 @@ def main():
     ap.add_argument("--listsearch-steps", type=int, default=6000)
     ap.add_argument("--seed", type=int, default=3400)
     ap.add_argument("--R", type=int, default=2)
+    ap.add_argument("--save", help="torch.save the ListSearch model's weights (every seed) and the report here")
     a = ap.parse_args()
     for name, (fn, _, steps) in STONES.items():
         T.TASKS[name] = T.Task(name, fn, steps, 1)
@@ -145,8 +147,13 @@ def main():
             if (e == 0).all():
                 break
     e = _errors(trainer.model, cfg, 50, rng)
+    by_length = [evaluate(trainer.model, cfg, cfg.M, np.full(50, n), rng)["error"] for n in range(1, cfg.difficulty + 1)]
     report.update(seeds=a.seeds, mix=a.mix, listsearch_solved=int((e == 0).sum()), final=np.round(e, 3).tolist(),
-                  best=np.round(best, 3).tolist(), first_solved_step=first, seconds=round(time.time() - t0))
+                  best=np.round(best, 3).tolist(), first_solved_step=first, seconds=round(time.time() - t0),
+                  final_by_length=np.round(np.stack(by_length, 1), 2).tolist())   # [seed][length 1..]
+    if a.save:
+        import torch
+        torch.save({"weights": _weights(trainer), "args": vars(a), "report": report}, a.save)
     print(json.dumps(report))
 
 
