@@ -893,7 +893,7 @@ def basin(
                                                    "sequence (listsearch: its 11 gates once), walk (listsearch: "
                                                    "the same walk never stopping, its comparison wired, a "
                                                    "stepping stone, not a solution), walk-only (the walk "
-                                                   "and nothing else) or halt (listsearch: a walk that "
+                                                   "and nothing else), halt (listsearch: a walk that "
                                                    "halts on its zero flag the step after a match; ten "
                                                    "gates once, R 2), halt-walk (its walk, never halting, "
                                                    "the flag set) or halt-walk-only (its walk alone).")] = None,

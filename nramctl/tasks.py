@@ -131,6 +131,15 @@ def listk(n, M, rng, k):
     return mem, target, mask
 
 
+def _trash(M, rng, mem, nodes):
+    """Fill every cell that is neither one of the first three nor a list node's with a random value."""
+    import numpy as np
+    k, rows = len(mem), _rows(len(mem))
+    free = np.ones((k, M), dtype=bool)
+    free[:, :3], free[rows, nodes], free[rows, nodes + 1] = False, False, False
+    mem[free] = rng.integers(0, M, size=int(free.sum()))
+
+
 def listsearch(n, M, rng, k):
     """| head | v | out | ... nodes (next, value), free cells hold random trash ... |
     ->  cell 2 := address of the first node whose value is v."""
@@ -138,9 +147,7 @@ def listsearch(n, M, rng, k):
     mem, target, mask = _blank(k, M)
     rows, r = _rows(k), _rows(k)[:, 0]
     nodes = _linked_list(n, M, rng, mem)
-    free = np.ones((k, M), dtype=bool)
-    free[:, :3], free[rows, nodes], free[rows, nodes + 1] = False, False, False
-    mem[free] = rng.integers(0, M, size=int(free.sum()))
+    _trash(M, rng, mem, nodes)
     values = mem[rows, nodes + 1]
     mem[:, 1] = values[r, rng.integers(0, n, size=k)]
     target[:, 2], mask[:, 2] = nodes[r, np.argmax(values == mem[:, 1:2], axis=1)], True

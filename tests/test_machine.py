@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from nramctl.circuits import (CIRCUITS, GATES, LISTSEARCH_HALT, LISTSEARCH_HALT_WALK, LISTSEARCH_HALT_WALK_ONLY,
-                              LISTSEARCH_SEQUENCE, LISTSEARCH_UNIFORM, LISTSEARCH_WALK, LISTSEARCH_WALK_ONLY, MERGE_FIXED, PERMUTATION_FIXED, PERMUTATION_UNIFORM)
+                              LISTSEARCH_SEQUENCE, LISTSEARCH_UNIFORM, LISTSEARCH_WALK, LISTSEARCH_WALK_ONLY,
+                              MERGE_FIXED, PERMUTATION_FIXED, PERMUTATION_UNIFORM)
 from nramctl.config import task_config
 from nramctl.data import make_batch
 from nramctl.discrete import discrete_run

@@ -32,12 +32,10 @@ GATES = "model.gates=[READ,INC,READ,READ,INC,READ,EQ,INC,WRITE,WRITE]"
 
 
 def _layout(M, rng, k, length):
+    """ListSearch's memory, as `tasks.listsearch` lays it out, before v and the target are set."""
     mem, target, mask = T._blank(k, M)
-    rows = T._rows(k)
     nodes = T._linked_list(length, M, rng, mem)
-    free = np.ones((k, M), dtype=bool)
-    free[:, :3], free[rows, nodes], free[rows, nodes + 1] = False, False, False
-    mem[free] = rng.integers(0, M, size=int(free.sum()))
+    T._trash(M, rng, mem, nodes)
     return mem, target, mask, nodes
 
 
@@ -82,6 +80,11 @@ def _weights(trainer):
     return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
 
 
+def _load(trainer, weights):
+    """Every seed's parameters from `weights` (named as the model's, [S, ...] each)."""
+    trainer.model.load_state_dict(weights, strict=False)
+
+
 ONE_STEP = ["T=1", "train.curriculum.enabled=false"]
 STONES = {"pair": (pair, ONE_STEP, lambda n: 1), "hop": (hop, ONE_STEP, lambda n: 1),
           "compare": (compare, ONE_STEP, lambda n: 1), "walk": (walk, ["T=n", "M=21"], lambda n: n)}
@@ -108,12 +111,12 @@ def main():
         trainers = [Trainer(dataclasses.replace(task_config("listsearch", None, common + STONES[p][1]), task=p))
                     for p in parts]
         if params is not None:                  # each seed from its own weights of the stage before
-            perturb(trainers[0].model, params, params, "mix", 0.0)
+            _load(trainers[0], params)
         current = trainers[0]
 
         def take(trainer):                      # the weights the last step left, into this stone's trainer
             if trainer is not current:
-                perturb(trainer.model, _weights(current), None, "scale", 1.0)
+                _load(trainer, dict(current.model.named_parameters()))
             return trainer
 
         def errors(per_difficulty):
@@ -132,7 +135,7 @@ def main():
     base = task_config("listsearch", None, common)
     cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, seed=a.seed + 50))
     trainer = Trainer(cfg)
-    fresh = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    fresh = _weights(trainer)
     perturb(trainer.model, params or fresh, fresh, "mix", a.mix)
     first, best = {}, np.ones(a.seeds)
     for i in range(a.listsearch_steps):
