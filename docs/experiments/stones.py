@@ -14,7 +14,23 @@ The stones, each in ListSearch's layout | head | v | out | nodes (next, value) a
     walk     a list two nodes longer than n at M 21: cell 2 := its n-th node, cell 0 := node n + 1, T = n
 The three comparisons train on every length at once (no curriculum); the walk and ListSearch with it.
 Stones joined by + (`--stages pair,hop,walk+compare`) train together: their steps alternate on one set of
-weights (each keeps its own Adam state), and a seed has solved the stage when it is exact on all of them."""
+weights (each keeps its own Adam state), and a seed has solved the stage when it is exact on all of them.
+A part may be ListSearch itself (`walk+compare+listsearch`). (An MLP or LSTM cannot be exact on walk and
+compare at once: at step 1 every register is 0, so it makes the same choices in both, and the walk at n = 1
+wants cell 2 := head where compare wants cell 2 := [value(head) = v]; stop 35.)
+
+One-step stones (stop 35, docs/RESULTS.md "ListSearch one step at a time"): with R 1 and r0 never written,
+an MLP makes the same choices at every step, so a T = 1 task whose target is one step of a phase-free walk
+(LISTSEARCH_SEQUENCE's, from a state the walk passes through) is that walk's every step:
+    step-pair, step-inc, step-hop, step   cell 0 stays where x = v, else moves to next(q); cell 2 := q;
+                                          x = q, q + 1, next(q), value(q) (the walk's own test)
+    stepv                                 step, with cell 1 (v) scored as well
+`--circuit sequence|const|restore` picks the gate list, `--scored walk|head|all` the cells a step stone
+scores, `--discrete` makes a stone solved only where it is also exact discretized.
+
+    OMP_NUM_THREADS=1 python docs/experiments/stones.py --circuit const --scored walk --seeds 16 \
+        --stages step-pair,step-hop,step-inc,step,stepv --stage-steps 3000 --mix 0 --listsearch-steps 2000 \
+        --seed 5200 --R 1 --set model.stop_bias=-10 --set model.keep_bias=10"""
 import argparse
 import dataclasses
 import json
@@ -25,10 +41,13 @@ import numpy as np
 from nramctl import tasks as T
 from nramctl.basin import _errors, perturb
 from nramctl.config import task_config
-from nramctl.evaluate import evaluate
+from nramctl.evaluate import compare as fuzzy_and_discrete, evaluate
 from nramctl.train import Trainer
 
-GATES = "model.gates=[READ,INC,READ,READ,INC,READ,EQ,INC,WRITE,WRITE]"
+GATES = {"halt": "model.gates=[READ,INC,READ,READ,INC,READ,EQ,INC,WRITE,WRITE]",
+         "sequence": "model.gates=[READ,INC,READ,READ,INC,READ,EQ,ADD,WRITE,INC,WRITE]",
+         "const": "model.gates=[ONE,TWO,READ,INC,READ,READ,READ,EQ,ADD,WRITE,WRITE]",
+         "restore": "model.gates=[ONE,TWO,READ,INC,READ,READ,READ,EQ,WRITE,WRITE,WRITE]"}
 
 
 def _layout(M, rng, k, length):
@@ -76,6 +95,43 @@ def walk(n, M, rng, k):
     return mem, target, mask
 
 
+def _step(which, scored=None):
+    """One step of LISTSEARCH_SEQUENCE's walk from a state the walk passes through: cell 0 at a random
+    node q of the list, cell 2 at the node before it (0 at the head). Where x = v the walk stays (cell 0
+    := q), else it moves on (cell 0 := next(q)); either way cell 2 := q. x is q itself (`pair`), next(q)
+    (`hop`), q + 1 (`inc`) or value(q) (`step`, the walk's own test), equal to v half the time; `advance` never equal.
+    Cells 0, 1 and 2 are scored (`--scored all`: every cell; `walk`: cells 0 and 2 alone), so that a step
+    which gets cells 0 and 2 right by overwriting v fails."""
+    def fn(n, M, rng, k):
+        mem, target, mask, nodes = _layout(M, rng, k, n)
+        r = T._rows(k)[:, 0]
+        j = rng.integers(0, n, size=k)
+        q = nodes[r, j]
+        mem[:, 0], mem[:, 2] = q, np.where(j > 0, nodes[r, np.maximum(j - 1, 0)], 0)
+        x = {"pair": q, "inc": q + 1, "hop": mem[r, q], "step": mem[r, q + 1], "advance": mem[r, q + 1]}[which]
+        mem, target, mask = _against(mem, target, mask, x, rng, M)
+        if which == "advance":
+            mem[:, 1] = _other(x, M, rng)
+        how = scored or SCORED
+        target[:], mask[:] = mem, how == "all"          # every other cell stays as it was
+        mask[:, [0, 2] if how == "walk" else [0, 1, 2]] = True
+        target[:, 2], target[:, 0] = q, np.where(mem[:, 1] == x, q, mem[r, q])
+        return mem, target, mask
+    return fn
+
+
+SCORED = "head"         # the step stones score cells 0-2 ("head") or every cell ("all")
+
+
+def _stage_errors(trainer, per_difficulty, rng, discrete):
+    """[S] errors on fresh examples of every difficulty; with `discrete`, the worse of fuzzy and discretized."""
+    if not discrete:
+        return _errors(trainer.model, trainer.cfg, per_difficulty, rng)
+    d = np.repeat(np.arange(T.task(trainer.cfg.task).min_difficulty, trainer.cfg.difficulty + 1), per_difficulty)
+    res = fuzzy_and_discrete(trainer.model, trainer.cfg, trainer.cfg.M, d, rng)
+    return np.maximum(res["error"], res["discrete_error"])
+
+
 def _weights(trainer):
     return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
 
@@ -86,8 +142,12 @@ def _load(trainer, weights):
 
 
 ONE_STEP = ["T=1", "train.curriculum.enabled=false"]
+NONE = (None, [], None)                         # a part that is a task itself (`walk+compare+listsearch`)
 STONES = {"pair": (pair, ONE_STEP, lambda n: 1), "hop": (hop, ONE_STEP, lambda n: 1),
-          "compare": (compare, ONE_STEP, lambda n: 1), "walk": (walk, ["T=n", "M=21"], lambda n: n)}
+          "compare": (compare, ONE_STEP, lambda n: 1), "walk": (walk, ["T=n", "M=21"], lambda n: n),
+          **{f"step-{w}" if w in ("pair", "inc", "hop") else w: (_step(w), ONE_STEP, lambda n: 1)
+             for w in ("pair", "inc", "hop", "step", "advance")},
+          "stepv": (_step("step", "head"), ONE_STEP, lambda n: 1)}      # `step` with cells 0-2 scored
 
 
 def main():
@@ -99,17 +159,23 @@ def main():
     ap.add_argument("--listsearch-steps", type=int, default=6000)
     ap.add_argument("--seed", type=int, default=3400)
     ap.add_argument("--R", type=int, default=2)
+    ap.add_argument("--circuit", choices=sorted(GATES), default="halt", help="whose gates the MLP wires")
+    ap.add_argument("--scored", choices=("head", "all", "walk"), default="head", help="the cells a step stone scores")
+    ap.add_argument("--discrete", action="store_true", help="a stone is solved only if also exact discretized")
+    ap.add_argument("--set", action="append", default=[], help="a setting for every stage (key=value)")
     ap.add_argument("--save", help="torch.save the ListSearch model's weights (every seed) and the report here")
     a = ap.parse_args()
+    global SCORED
+    SCORED = a.scored
     for name, (fn, _, steps) in STONES.items():
         T.TASKS[name] = T.Task(name, fn, steps, 1)
-    common = ["model.controller=mlp", GATES, "model.repeat=1", f"model.R={a.R}", "train.batch=16",
-              "train.curriculum.threshold=0.01", f"train.seeds={a.seeds}", f"train.seed={a.seed}"]
+    common = ["model.controller=mlp", GATES[a.circuit], "model.repeat=1", f"model.R={a.R}", "train.batch=16",
+              "train.curriculum.threshold=0.01", f"train.seeds={a.seeds}", f"train.seed={a.seed}", *a.set]
     t0, rng, params, report = time.time(), np.random.default_rng(1), None, {"stages": {}}
     for stage in a.stages.split(","):
         parts = stage.split("+")                # "walk+compare": the stones' steps alternate on one set of weights
-        trainers = [Trainer(dataclasses.replace(task_config("listsearch", None, common + STONES[p][1]), task=p))
-                    for p in parts]
+        trainers = [Trainer(dataclasses.replace(task_config("listsearch", None, common + STONES.get(p, NONE)[1]),
+                                                task=p)) for p in parts]
         if params is not None:                  # each seed from its own weights of the stage before
             _load(trainers[0], params)
         current = trainers[0]
@@ -120,7 +186,7 @@ def main():
             return trainer
 
         def errors(per_difficulty):
-            return np.max([_errors(take(t).model, t.cfg, per_difficulty, rng) for t in trainers], axis=0)
+            return np.max([_stage_errors(take(t), per_difficulty, rng, a.discrete) for t in trainers], axis=0)
 
         for i in range(a.stage_steps):
             for trainer in trainers:
@@ -132,12 +198,17 @@ def main():
         report["stages"][stage] = {"steps": i + 1, "solved": int((e == 0).sum()), "errors": np.round(e, 3).tolist()}
         print(stage, json.dumps(report["stages"][stage]), f"{time.time() - t0:.0f}s", flush=True)
         params = _weights(current)
+        report.setdefault("stone_weights", {})[stage] = params
     base = task_config("listsearch", None, common)
     cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, seed=a.seed + 50))
     trainer = Trainer(cfg)
     fresh = _weights(trainer)
     perturb(trainer.model, params or fresh, fresh, "mix", a.mix)
     first, best = {}, np.ones(a.seeds)
+    d = np.repeat(np.arange(1, cfg.difficulty + 1), 30)
+    start = fuzzy_and_discrete(trainer.model, cfg, cfg.M, d, rng)      # the stones' weights on ListSearch, untrained
+    report["listsearch_untrained"] = {k: np.round(start[k], 3).tolist() for k in ("error", "discrete_error")}
+    print("listsearch untrained", json.dumps(report["listsearch_untrained"]), flush=True)
     for i in range(a.listsearch_steps):
         trainer.train_step()
         if (i + 1) % 250 == 0:
@@ -154,9 +225,10 @@ def main():
     report.update(seeds=a.seeds, mix=a.mix, listsearch_solved=int((e == 0).sum()), final=np.round(e, 3).tolist(),
                   best=np.round(best, 3).tolist(), first_solved_step=first, seconds=round(time.time() - t0),
                   final_by_length=np.round(np.stack(by_length, 1), 2).tolist())   # [seed][length 1..]
+    weights = report.pop("stone_weights", {})
     if a.save:
         import torch
-        torch.save({"weights": _weights(trainer), "args": vars(a), "report": report}, a.save)
+        torch.save({"weights": _weights(trainer), "stones": weights, "args": vars(a), "report": report}, a.save)
     print(json.dumps(report))
 
 
