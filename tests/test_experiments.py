@@ -1,0 +1,64 @@
+"""docs/experiments/stones.py, the stepping-stone experiment script (docs/RESULTS.md, "ListSearch one step at
+a time"): its one-step stones are one step of a ListSearch walk, checked against a plain walk step written
+out here, and a hand-wired phase-free circuit that solves ListSearch is exact on them, fuzzy and discrete."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nramctl import tasks
+from nramctl.circuits import LISTSEARCH_SEQUENCE
+from nramctl.data import make_batch
+from nramctl.discrete import discrete_run
+from nramctl.machine import fuzzy_run
+from nramctl.program import wired
+
+SCRIPT = Path(__file__).resolve().parent.parent / "docs" / "experiments" / "stones.py"
+# LISTSEARCH_SEQUENCE on the script's `const` gate list: the addresses 1 and 2 from the constants
+CONST = (1, [({}, {"READ": ["r0"], "INC": ["READ"], "READ#2": ["READ"], "READ#3": ["INC"], "READ#4": ["ONE"],
+                   "EQ": ["READ#3", "READ#4"], "ADD": ["EQ", "EQ"], "WRITE": ["ADD", "READ#2"],
+                   "WRITE#2": ["TWO", "READ"]})],
+         ("ONE", "TWO", "READ", "INC", "READ", "READ", "READ", "EQ", "ADD", "WRITE", "WRITE"))
+
+
+@pytest.fixture(scope="module")
+def stones():
+    spec = importlib.util.spec_from_file_location("stones", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name, x", [("step-pair", lambda m, q: q), ("step-inc", lambda m, q: q + 1),
+                                     ("step-hop", lambda m, q: m[q]), ("step", lambda m, q: m[q + 1])])
+def test_step_stone_is_one_step_of_the_walk(stones, name, x):
+    """Cell 0 holds a node q of the list (cell 2 the node before it, 0 at the head); the target keeps q
+    where the stone's x equals v and moves to next(q) otherwise, and writes q into cell 2; cells 0-2
+    are scored. Both outcomes occur."""
+    fn = stones.STONES[name][0]
+    stays = 0
+    for n in range(1, 7):
+        mem, target, mask = fn(n, 15, np.random.default_rng(n), 40)
+        for m, t, k in zip(mem.tolist(), target.tolist(), mask.tolist()):
+            q, before = m[0], m[2]
+            assert 3 <= q < 15 and (before == 0 or m[before] == q)
+            assert k[:3] == [True] * 3 and not any(k[3:])
+            stays += x(m, q) == m[1]
+            assert (t[0], t[1], t[2]) == (q if x(m, q) == m[1] else m[q], m[1], q)
+    assert 60 < stays < 180                                  # v equals x about half the time
+
+
+@pytest.mark.parametrize("wiring", [(LISTSEARCH_SEQUENCE.R, LISTSEARCH_SEQUENCE.rules, LISTSEARCH_SEQUENCE.gates),
+                                    CONST], ids=["sequence", "const"])
+def test_a_listsearch_circuit_is_exact_on_the_step_stone(stones, monkeypatch, wiring):
+    """The step stone is consistent with ListSearch: a circuit that solves ListSearch (checked here
+    too) gets every scored cell of it right in one step, fuzzy and discrete."""
+    R, rules, gates = wiring
+    model = wired(R, gates, rules)
+    monkeypatch.setitem(tasks.TASKS, "step", tasks.Task("step", stones.STONES["step"][0], lambda n: 1, 1))
+    for name, T in (("step", "1"), ("listsearch", "2*n+3")):
+        b = make_batch(name, 15, np.arange(1, 7).repeat(20), np.random.default_rng(5), T)
+        for pred in (fuzzy_run(model, b).pred, discrete_run(model, b.memory, b.T)[0]):
+            assert torch.equal(pred[b.mask], b.target[b.mask])
