@@ -62,3 +62,35 @@ def test_a_listsearch_circuit_is_exact_on_the_step_stone(stones, monkeypatch, wi
         b = make_batch(name, 15, np.arange(1, 7).repeat(20), np.random.default_rng(5), T)
         for pred in (fuzzy_run(model, b).pred, discrete_run(model, b.memory, b.T)[0]):
             assert torch.equal(pred[b.mask], b.target[b.mask])
+
+
+def _walk(m, count):
+    """A plain walk of `count` steps from the node in cell 0: a node whose value is v is kept, any other
+    is left for its successor; cell 2 ends at the last node examined. Off the list's end (NULL) both are 0."""
+    p, examined = m[0], m[2]
+    for _ in range(count):
+        examined = p
+        if p and m[p + 1] != m[1]:
+            p = m[p]
+    return p, examined
+
+
+@pytest.mark.parametrize("count", [2, 3, 4])
+def test_multi_step_stone_is_that_many_steps_of_the_walk(stones, monkeypatch, count):
+    """stepK: K steps of the walk from a node of the list, v found within them about half the time; the
+    targets (cells 0 and 2) are a plain walk's, and the ListSearch circuit is exact on them with T = K."""
+    name = f"step{count}"
+    fn = stones.STONES[name][0]
+    found = 0
+    for n in range(1, 7):
+        mem, target, mask = fn(n, 15, np.random.default_rng(10 + n), 40)
+        for m, t in zip(mem.tolist(), target.tolist()):
+            p, examined = _walk(m, count)
+            assert (t[0], t[2]) == (p, examined)
+            found += p != 0 and m[p + 1] == m[1]
+    assert 60 < found < 200
+    monkeypatch.setitem(tasks.TASKS, name, tasks.Task(name, fn, lambda n: count, 1))
+    model = wired(LISTSEARCH_SEQUENCE.R, LISTSEARCH_SEQUENCE.gates, LISTSEARCH_SEQUENCE.rules)
+    b = make_batch(name, 15, np.arange(1, 7).repeat(20), np.random.default_rng(6), str(count))
+    for pred in (fuzzy_run(model, b).pred, discrete_run(model, b.memory, b.T)[0]):
+        assert torch.equal(pred[b.mask], b.target[b.mask])

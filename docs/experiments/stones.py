@@ -25,6 +25,7 @@ an MLP makes the same choices at every step, so a T = 1 task whose target is one
     step-pair, step-inc, step-hop, step   cell 0 stays where x = v, else moves to next(q); cell 2 := q;
                                           x = q, q + 1, next(q), value(q) (the walk's own test)
     stepv                                 step, with cell 1 (v) scored as well
+    step2, step3, step4                   that many steps of the walk (T = 2, 3, 4), v within reach half the time
 `--circuit sequence|const|restore` picks the gate list, `--scored walk|head|all` the cells a step stone
 scores, `--discrete` makes a stone solved only where it is also exact discretized.
 
@@ -120,6 +121,33 @@ def _step(which, scored=None):
     return fn
 
 
+def _steps(count):
+    """`count` steps of LISTSEARCH_SEQUENCE's walk (T = count) from a node q of the list (cell 2 the node
+    before it), v the value of q or of one of the next count - 1 nodes half the time, else another value;
+    the target is what the circuit's steps leave in cells 0-2 (`--scored walk`: cells 0 and 2), simulated
+    here step by step as the circuit does them: where value(p) = v, cell 2 := next(p) and then cell 2 := p,
+    else cell 0 := next(p) and cell 2 := p, with p = cell 0."""
+    def fn(n, M, rng, k):
+        mem, target, mask, nodes = _layout(M, rng, k, n)
+        r = T._rows(k)[:, 0]
+        j = rng.integers(0, n, size=k)
+        mem[:, 0], mem[:, 2] = nodes[r, j], np.where(j > 0, nodes[r, np.maximum(j - 1, 0)], 0)
+        ahead = nodes[r, np.minimum(j + rng.integers(0, count, size=k), n - 1)]
+        x = mem[r, ahead + 1]
+        mem, target, mask = _against(mem, target, mask, x, rng, M)
+        out = mem.copy()
+        for _ in range(count):
+            p = out[:, 0].copy()
+            hit = out[r, (p + 1) % M] == out[:, 1]
+            nxt = out[r, p]
+            out[r, np.where(hit, 2, 0)] = nxt
+            out[:, 2] = p
+        target[:], mask[:] = out, False
+        mask[:, [0, 2] if SCORED == "walk" else [0, 1, 2]] = True
+        return mem, target, mask
+    return fn
+
+
 SCORED = "head"         # the step stones score cells 0-2 ("head") or every cell ("all")
 
 
@@ -147,7 +175,8 @@ STONES = {"pair": (pair, ONE_STEP, lambda n: 1), "hop": (hop, ONE_STEP, lambda n
           "compare": (compare, ONE_STEP, lambda n: 1), "walk": (walk, ["T=n", "M=21"], lambda n: n),
           **{f"step-{w}" if w in ("pair", "inc", "hop") else w: (_step(w), ONE_STEP, lambda n: 1)
              for w in ("pair", "inc", "hop", "step", "advance")},
-          "stepv": (_step("step", "head"), ONE_STEP, lambda n: 1)}      # `step` with cells 0-2 scored
+          "stepv": (_step("step", "head"), ONE_STEP, lambda n: 1),     # `step` with cells 0-2 scored
+          **{f"step{c}": (_steps(c), [f"T={c}", "train.curriculum.enabled=false"], lambda n, c=c: c) for c in (2, 3, 4)}}
 
 
 def main():
