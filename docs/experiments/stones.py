@@ -179,6 +179,31 @@ STONES = {"pair": (pair, ONE_STEP, lambda n: 1), "hop": (hop, ONE_STEP, lambda n
           **{f"step{c}": (_steps(c), [f"T={c}", "train.curriculum.enabled=false"], lambda n, c=c: c) for c in (2, 3, 4)}}
 
 
+def _settings(a):
+    """The settings every stage and ListSearch train with, from the script's arguments."""
+    return ["model.controller=mlp", GATES[a.circuit], "model.repeat=1", f"model.R={a.R}", "train.batch=16",
+            "train.curriculum.threshold=0.01", f"train.seeds={a.seeds}", f"train.seed={a.seed}", *a.set]
+
+
+def export(path, index, name):
+    """One seed of a `--save` file, with the weights its last stone left, as an nramctl ListSearch run
+    (`runs/NAME`, config and checkpoints, checked on fresh examples): a start for `nramctl train
+    listsearch --set train.init=NAME` and `nramctl eval`."""
+    import torch
+
+    from nramctl.experiment import new_run, save_progress
+    from nramctl.runs import RunStore
+    saved = torch.load(path, weights_only=True)
+    a = argparse.Namespace(**saved["args"])
+    weights = list(saved["stones"].values())[-1]
+    cfg = task_config("listsearch", None, _settings(a) + ["train.seeds=1", f"train.seed={a.seed + index}"])
+    run, trainer = new_run(RunStore(), cfg, name)
+    trainer.model.load_state_dict({k: v[index:index + 1] for k, v in weights.items()}, strict=False)
+    errors = trainer.check()
+    save_progress(run, trainer, "solved" if trainer.solved_step[0] is not None else "budget")
+    print(run.name, "error", float(errors[0]), "solved" if trainer.solved_step[0] is not None else "not solved")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=16)
@@ -193,13 +218,16 @@ def main():
     ap.add_argument("--discrete", action="store_true", help="a stone is solved only if also exact discretized")
     ap.add_argument("--set", action="append", default=[], help="a setting for every stage (key=value)")
     ap.add_argument("--save", help="torch.save the ListSearch model's weights (every seed) and the report here")
+    ap.add_argument("--export", nargs=3, metavar=("SAVED", "INDEX", "NAME"),
+                    help="write seed INDEX of a --save file as the nramctl run NAME, and train nothing")
     a = ap.parse_args()
+    if a.export:
+        return export(a.export[0], int(a.export[1]), a.export[2])
     global SCORED
     SCORED = a.scored
     for name, (fn, _, steps) in STONES.items():
         T.TASKS[name] = T.Task(name, fn, steps, 1)
-    common = ["model.controller=mlp", GATES[a.circuit], "model.repeat=1", f"model.R={a.R}", "train.batch=16",
-              "train.curriculum.threshold=0.01", f"train.seeds={a.seeds}", f"train.seed={a.seed}", *a.set]
+    common = _settings(a)
     t0, rng, params, report = time.time(), np.random.default_rng(1), None, {"stages": {}}
     for stage in a.stages.split(","):
         parts = stage.split("+")                # "walk+compare": the stones' steps alternate on one set of weights
