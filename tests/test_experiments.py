@@ -94,3 +94,28 @@ def test_multi_step_stone_is_that_many_steps_of_the_walk(stones, monkeypatch, co
     b = make_batch(name, 15, np.arange(1, 7).repeat(20), np.random.default_rng(6), str(count))
     for pred in (fuzzy_run(model, b).pred, discrete_run(model, b.memory, b.T)[0]):
         assert torch.equal(pred[b.mask], b.target[b.mask])
+
+
+def test_export_writes_one_seed_as_a_run(stones, tmp_path, monkeypatch):
+    """`stones.py --export SAVED INDEX NAME`: seed INDEX of a --save file, with its last stone's weights,
+    becomes the nramctl run NAME (ListSearch, the script's settings, that seed's number), loadable as any run."""
+    import argparse
+
+    from nramctl.config import task_config
+    from nramctl.experiment import load_model
+    from nramctl.runs import RunStore
+    from nramctl.train import Trainer
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(circuit="const", R=1, seeds=3, seed=70, set=["model.stop_bias=-10"])
+    trainer = Trainer(task_config("listsearch", None, stones._settings(args)))
+    weights = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    torch.save({"args": vars(args), "stones": {"step-pair": {}, "step": weights}}, tmp_path / "saved.pt")
+    stones.export(tmp_path / "saved.pt", 2, "exported")
+    run, _ = RunStore().resolve("exported")
+    cfg, model, _ = load_model(run)
+    assert (cfg.task, cfg.model.R, cfg.model.controller, cfg.model.stop_bias) == ("listsearch", 1, "mlp", -10)
+    assert [g for g in cfg.model.gates] == ["ONE", "TWO", "READ", "INC", "READ", "READ", "READ", "EQ", "ADD",
+                                            "WRITE", "WRITE"]
+    assert cfg.train.seed == 72 and run.load("best")["seeds"] == [72]
+    for k, v in model.named_parameters():
+        assert torch.equal(v[0], weights[k][2])

@@ -29,9 +29,12 @@ an MLP makes the same choices at every step, so a T = 1 task whose target is one
 `--circuit sequence|const|restore` picks the gate list, `--scored walk|head|all` the cells a step stone
 scores, `--discrete` makes a stone solved only where it is also exact discretized.
 
+The chain that reproduced ListSearch (seed index 8 left step4 exact on ListSearch; `pretrained/listsearch`):
+
     OMP_NUM_THREADS=1 python docs/experiments/stones.py --circuit const --scored walk --seeds 16 \
-        --stages step-pair,step-hop,step-inc,step,stepv --stage-steps 3000 --mix 0 --listsearch-steps 2000 \
-        --seed 5200 --R 1 --set model.stop_bias=-10 --set model.keep_bias=10"""
+        --stages step-pair,step-hop,step-inc,step,step2,step3,step4 --stage-steps 3000 --mix 0 \
+        --listsearch-steps 4000 --seed 5200 --R 1 --set model.stop_bias=-10 --set model.keep_bias=10 --save P.pt
+    python docs/experiments/stones.py --export P.pt 8 ls-stones      # that seed as the nramctl run runs/ls-stones"""
 import argparse
 import dataclasses
 import json
