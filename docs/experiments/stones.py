@@ -282,6 +282,9 @@ def main():
                 break
     e = _errors(trainer.model, cfg, 50, rng)
     by_length = [evaluate(trainer.model, cfg, cfg.M, np.full(50, n), rng)["error"] for n in range(1, cfg.difficulty + 1)]
+    end = fuzzy_and_discrete(trainer.model, cfg, cfg.M, d, rng)
+    report.update(final_discrete=np.round(end["discrete_error"], 3).tolist(),   # solved: both 0
+                  solved_fuzzy_and_discrete=int(((end["error"] == 0) & (end["discrete_error"] == 0)).sum()))
     report.update(seeds=a.seeds, mix=a.mix, listsearch_solved=int((e == 0).sum()), final=np.round(e, 3).tolist(),
                   best=np.round(best, 3).tolist(), first_solved_step=first, seconds=round(time.time() - t0),
                   final_by_length=np.round(np.stack(by_length, 1), 2).tolist())   # [seed][length 1..]
