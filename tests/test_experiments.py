@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nramctl import tasks
-from nramctl.circuits import LISTSEARCH_SEQUENCE
+from nramctl.circuits import LISTSEARCH_SEQUENCE, MERGE_FIXED
 from nramctl.data import make_batch
 from nramctl.discrete import discrete_run
 from nramctl.machine import fuzzy_run
@@ -119,3 +119,40 @@ def test_export_writes_one_seed_as_a_run(stones, tmp_path, monkeypatch):
     assert cfg.train.seed == 72 and run.load("best")["seeds"] == [72]
     for k, v in model.named_parameters():
         assert torch.equal(v[0], weights[k][2])
+
+
+def _merge_state(m, n, merged_len, A, B):
+    """The memory cells 0-2 and the output a plain merge of A and B leaves after `merged_len` elements
+    (A's first on ties, as LE does); the output cells not yet written hold 0. At M 25 the output pointer
+    wraps to cell 0 once the tenth element of a length-10 merge is written."""
+    merged, i, j = [], 0, 0
+    while len(merged) < merged_len:
+        if j == len(B) or (i < len(A) and A[i] <= B[j]):
+            merged, i = merged + [A[i]], i + 1
+        else:
+            merged, j = merged + [B[j]], j + 1
+    return [3 + i, 4 + len(A) + j, (5 + n + merged_len) % 25], merged + [0] * (n - merged_len)
+
+
+@pytest.mark.parametrize("name, count", [("merge1", 1), ("merge2", 2), ("merge4", 4), ("merge1a", 1), ("merge3b", 3)])
+def test_merge_stone_is_that_many_steps_of_a_plain_merge(stones, monkeypatch, name, count):
+    """mergeK: Merge's memory after a random number of merge steps (fewer than n), and the target after K
+    more, both as a plain merge of A and B written here leaves them (cells 0-2 and the output; `a`/`b`:
+    B/A empty); the phase-free Merge circuit is exact on them with T = K, fuzzy and discrete."""
+    fn, only = stones.STONES[name][0], name[len(f"merge{count}"):] or None
+    M = 25
+    for n in range(1, 11):
+        mem, target, mask = fn(n, M, np.random.default_rng(20 + n), 12)
+        for m, t, k in zip(mem.tolist(), target.tolist(), mask.tolist()):
+            n1 = m.index(M - 1, 3) - 3
+            A, B = m[3:3 + n1], m[4 + n1:4 + n]
+            assert len(B) == n - n1 and {"a": n1 == n, "b": n1 == 0, None: True}[only]
+            done = m[2] - (5 + n)
+            assert 0 <= done < n and [m[:3], m[5 + n:5 + 2 * n]] == list(_merge_state(m, n, done, A, B))
+            assert [t[:3], t[5 + n:5 + 2 * n]] == list(_merge_state(m, n, min(done + count, n), A, B))
+            assert all(k[:3]) and all(k[5 + n:5 + 2 * n])
+    monkeypatch.setitem(tasks.TASKS, name, tasks.Task(name, fn, lambda n: 2 * n + 5, 1))
+    model = wired(MERGE_FIXED.R, MERGE_FIXED.gates, MERGE_FIXED.rules)
+    b = make_batch(name, M, np.arange(1, 11).repeat(6), np.random.default_rng(7), str(count))
+    for pred in (fuzzy_run(model, b).pred, discrete_run(model, b.memory, b.T)[0]):
+        assert torch.equal(pred[b.mask], b.target[b.mask])

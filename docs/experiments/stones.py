@@ -29,6 +29,12 @@ an MLP makes the same choices at every step, so a T = 1 task whose target is one
 `--circuit sequence|const|restore` picks the gate list, `--scored walk|head|all` the cells a step stone
 scores, `--discrete` makes a stone solved only where it is also exact discretized.
 
+Merge (`--task merge --circuit merge`, the twenty gates of circuits.MERGE_FIXED, R 1, also phase-free):
+    merge1, merge2, merge3, merge4        that many steps of its merge from Merge's memory after a random
+                                          number of steps; cells 0-2 and the output scored
+    merge1a, merge1b, ... (any count)     the same with B empty or A empty: the merge a copy of one run
+The report's "listsearch" keys and lines then stand for Merge.
+
 The chain that reproduced ListSearch (seed index 8 left step4 exact on ListSearch; `pretrained/listsearch`):
 
     OMP_NUM_THREADS=1 python docs/experiments/stones.py --circuit const --scored walk --seeds 16 \
@@ -51,7 +57,9 @@ from nramctl.train import Trainer
 GATES = {"halt": "model.gates=[READ,INC,READ,READ,INC,READ,EQ,INC,WRITE,WRITE]",
          "sequence": "model.gates=[READ,INC,READ,READ,INC,READ,EQ,ADD,WRITE,INC,WRITE]",
          "const": "model.gates=[ONE,TWO,READ,INC,READ,READ,READ,EQ,ADD,WRITE,WRITE]",
-         "restore": "model.gates=[ONE,TWO,READ,INC,READ,READ,READ,EQ,WRITE,WRITE,WRITE]"}
+         "restore": "model.gates=[ONE,TWO,READ,INC,READ,READ,READ,EQ,WRITE,WRITE,WRITE]",
+         "merge": "model.gates=[INC,INC,DEC,READ,READ,READ,READ,READ,MIN,LE,LT,WRITE,MIN,ADD,WRITE,ADD,SUB,WRITE,"
+                  "ADD,WRITE]"}
 
 
 def _layout(M, rng, k, length):
@@ -151,6 +159,46 @@ def _steps(count):
     return fn
 
 
+def _merge_step(mem):
+    """One step of circuits.MERGE_FIXED on [k, M] memories, in place: m = min of the two heads written at
+    the output pointer, then A's pointer moves where its head is <= B's, else B's, and the output's moves;
+    nothing moves once both heads are the guardian G = M - 1."""
+    k, M = mem.shape
+    r = np.arange(k)
+    pa, pb, po = mem[:, 0].copy(), mem[:, 1].copy(), mem[:, 2].copy()
+    x, y = mem[r, pa], mem[r, pb]
+    m, adv = np.minimum(x, y), (np.minimum(x, y) < M - 1).astype(mem.dtype)
+    a_moves = (x <= y) * adv
+    mem[r, po] = m
+    mem[:, 0], mem[:, 1], mem[:, 2] = (pa + a_moves) % M, (pb + adv - a_moves) % M, (po + adv) % M
+
+
+def _merge_steps(count, only=None):
+    """`count` steps of MERGE_FIXED's merge (T = count) from a state it passes through: Merge's memory after
+    a random number of its steps, fewer than n. The target is what the circuit's steps leave in cells 0-2
+    and in the output. `only` "a" or "b": B or A empty (n1 = n or 0), the merge a copy of one run."""
+    def fn(n, M, rng, k):
+        rows = []
+        while sum(len(x[0]) for x in rows) < k:        # Merge's own examples, filtered to the wanted n1
+            mem, target, mask = T.merge(n, M, rng, 4 * k * (n + 1) if only else k)
+            n1 = mem[:, 1] - 4
+            keep = n1 == n if only == "a" else n1 == 0 if only == "b" else np.ones(len(mem), bool)
+            rows.append((mem[keep], mask[keep]))
+        mem, mask = (np.concatenate([x[i] for x in rows])[:k] for i in (0, 1))
+        done = rng.integers(0, n, size=k)
+        for t in range(n):
+            at = done > t
+            part = mem[at]
+            _merge_step(part)
+            mem[at] = part
+        target = mem.copy()
+        for _ in range(count):
+            _merge_step(target)
+        mask[:, :3] = True
+        return mem, target, mask
+    return fn
+
+
 SCORED = "head"         # the step stones score cells 0-2 ("head") or every cell ("all")
 
 
@@ -179,7 +227,9 @@ STONES = {"pair": (pair, ONE_STEP, lambda n: 1), "hop": (hop, ONE_STEP, lambda n
           **{f"step-{w}" if w in ("pair", "inc", "hop") else w: (_step(w), ONE_STEP, lambda n: 1)
              for w in ("pair", "inc", "hop", "step", "advance")},
           "stepv": (_step("step", "head"), ONE_STEP, lambda n: 1),     # `step` with cells 0-2 scored
-          **{f"step{c}": (_steps(c), [f"T={c}", "train.curriculum.enabled=false"], lambda n, c=c: c) for c in (2, 3, 4)}}
+          **{f"step{c}": (_steps(c), [f"T={c}", "train.curriculum.enabled=false"], lambda n, c=c: c) for c in (2, 3, 4)},
+          **{f"merge{c}{only or ''}": (_merge_steps(c, only), [f"T={c}", "train.curriculum.enabled=false"],
+                                       lambda n, c=c: 2 * n + 5) for c in (1, 2, 3, 4) for only in (None, "a", "b")}}
 
 
 def _settings(a):
@@ -199,7 +249,8 @@ def export(path, index, name):
     saved = torch.load(path, weights_only=True)
     a = argparse.Namespace(**saved["args"])
     weights = list(saved["stones"].values())[-1]
-    cfg = task_config("listsearch", None, _settings(a) + ["train.seeds=1", f"train.seed={a.seed + index}"])
+    cfg = task_config(getattr(a, "task", "listsearch"), None,
+                      _settings(a) + ["train.seeds=1", f"train.seed={a.seed + index}"])
     run, trainer = new_run(RunStore(), cfg, name)
     trainer.model.load_state_dict({k: v[index:index + 1] for k, v in weights.items()}, strict=False)
     errors = trainer.check()
@@ -216,6 +267,7 @@ def main():
     ap.add_argument("--listsearch-steps", type=int, default=6000)
     ap.add_argument("--seed", type=int, default=3400)
     ap.add_argument("--R", type=int, default=2)
+    ap.add_argument("--task", choices=("listsearch", "merge"), default="listsearch", help="the task the stones lead to")
     ap.add_argument("--circuit", choices=sorted(GATES), default="halt", help="whose gates the MLP wires")
     ap.add_argument("--scored", choices=("head", "all", "walk"), default="head", help="the cells a step stone scores")
     ap.add_argument("--discrete", action="store_true", help="a stone is solved only if also exact discretized")
@@ -234,7 +286,7 @@ def main():
     t0, rng, params, report = time.time(), np.random.default_rng(1), None, {"stages": {}}
     for stage in a.stages.split(","):
         parts = stage.split("+")                # "walk+compare": the stones' steps alternate on one set of weights
-        trainers = [Trainer(dataclasses.replace(task_config("listsearch", None, common + STONES.get(p, NONE)[1]),
+        trainers = [Trainer(dataclasses.replace(task_config(a.task, None, common + STONES.get(p, NONE)[1]),
                                                 task=p)) for p in parts]
         if params is not None:                  # each seed from its own weights of the stage before
             _load(trainers[0], params)
@@ -259,7 +311,7 @@ def main():
         print(stage, json.dumps(report["stages"][stage]), f"{time.time() - t0:.0f}s", flush=True)
         params = _weights(current)
         report.setdefault("stone_weights", {})[stage] = params
-    base = task_config("listsearch", None, common)
+    base = task_config(a.task, None, common)
     cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, seed=a.seed + 50))
     trainer = Trainer(cfg)
     fresh = _weights(trainer)
