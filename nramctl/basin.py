@@ -20,7 +20,7 @@ import torch
 
 from .circuits import CIRCUITS, VARIANTS, circuit
 from .config import ConfigError, task_config
-from .evaluate import evaluate
+from .evaluate import compare, evaluate
 from .program import wired, zero_patterns
 from .tasks import task
 from .train import Trainer
@@ -109,10 +109,15 @@ def perturb(model, solved, fresh, mode, amount):
                 p.copy_((1 - amount) * solved[key] + amount * fresh[key])
 
 
-def _errors(model, cfg, per_difficulty, rng):
+def _errors(model, cfg, per_difficulty, rng, discrete=False):
+    """[S] error on fresh examples, `per_difficulty` at every training difficulty; with `discrete`, the
+    worse of the fuzzy and the discretized error."""
     lo = task(cfg.task).min_difficulty
     d = np.repeat(np.arange(lo, cfg.difficulty + 1), per_difficulty)
-    return evaluate(model, cfg, cfg.M, d, rng)["error"]
+    if not discrete:
+        return evaluate(model, cfg, cfg.M, d, rng)["error"]
+    res = compare(model, cfg, cfg.M, d, rng)
+    return np.maximum(res["error"], res["discrete_error"])
 
 
 def check_plan(mode, amounts):

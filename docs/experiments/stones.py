@@ -107,6 +107,22 @@ def walk(n, M, rng, k):
     return mem, target, mask
 
 
+def _mid_walk(n, M, rng, k):
+    """ListSearch's memory with the walk under way: cell 0 at a random node of the list, cell 2 at the
+    node before it (0 at the head). Returns memory, target, mask, the nodes and each row's node index."""
+    mem, target, mask, nodes = _layout(M, rng, k, n)
+    r, j = T._rows(k)[:, 0], rng.integers(0, n, size=k)
+    mem[:, 0], mem[:, 2] = nodes[r, j], np.where(j > 0, nodes[r, np.maximum(j - 1, 0)], 0)
+    return mem, target, mask, nodes, j
+
+
+def _score(target, mask, after, how):
+    """The target is the memory `after` the steps; scored are cells 0-2 ("head"), 0 and 2 ("walk") or
+    every cell ("all")."""
+    target[:], mask[:] = after, how == "all"
+    mask[:, [0, 2] if how == "walk" else [0, 1, 2]] = True
+
+
 def _step(which, scored=None):
     """One step of LISTSEARCH_SEQUENCE's walk from a state the walk passes through: cell 0 at a random
     node q of the list, cell 2 at the node before it (0 at the head). Where x = v the walk stays (cell 0
@@ -115,18 +131,13 @@ def _step(which, scored=None):
     Cells 0, 1 and 2 are scored (`--scored all`: every cell; `walk`: cells 0 and 2 alone), so that a step
     which gets cells 0 and 2 right by overwriting v fails."""
     def fn(n, M, rng, k):
-        mem, target, mask, nodes = _layout(M, rng, k, n)
-        r = T._rows(k)[:, 0]
-        j = rng.integers(0, n, size=k)
-        q = nodes[r, j]
-        mem[:, 0], mem[:, 2] = q, np.where(j > 0, nodes[r, np.maximum(j - 1, 0)], 0)
+        mem, target, mask, _, _ = _mid_walk(n, M, rng, k)
+        r, q = T._rows(k)[:, 0], mem[:, 0].copy()
         x = {"pair": q, "inc": q + 1, "hop": mem[r, q], "step": mem[r, q + 1], "advance": mem[r, q + 1]}[which]
         mem, target, mask = _against(mem, target, mask, x, rng, M)
         if which == "advance":
             mem[:, 1] = _other(x, M, rng)
-        how = scored or SCORED
-        target[:], mask[:] = mem, how == "all"          # every other cell stays as it was
-        mask[:, [0, 2] if how == "walk" else [0, 1, 2]] = True
+        _score(target, mask, mem, scored or SCORED)    # every other cell stays as it was
         target[:, 2], target[:, 0] = q, np.where(mem[:, 1] == x, q, mem[r, q])
         return mem, target, mask
     return fn
@@ -135,14 +146,12 @@ def _step(which, scored=None):
 def _steps(count):
     """`count` steps of LISTSEARCH_SEQUENCE's walk (T = count) from a node q of the list (cell 2 the node
     before it), v the value of q or of one of the next count - 1 nodes half the time, else another value;
-    the target is what the circuit's steps leave in cells 0-2 (`--scored walk`: cells 0 and 2), simulated
+    the target is what the circuit's steps leave in the scored cells (as the one-step stones), simulated
     here step by step as the circuit does them: where value(p) = v, cell 2 := next(p) and then cell 2 := p,
     else cell 0 := next(p) and cell 2 := p, with p = cell 0."""
     def fn(n, M, rng, k):
-        mem, target, mask, nodes = _layout(M, rng, k, n)
+        mem, target, mask, nodes, j = _mid_walk(n, M, rng, k)
         r = T._rows(k)[:, 0]
-        j = rng.integers(0, n, size=k)
-        mem[:, 0], mem[:, 2] = nodes[r, j], np.where(j > 0, nodes[r, np.maximum(j - 1, 0)], 0)
         ahead = nodes[r, np.minimum(j + rng.integers(0, count, size=k), n - 1)]
         x = mem[r, ahead + 1]
         mem, target, mask = _against(mem, target, mask, x, rng, M)
@@ -153,8 +162,7 @@ def _steps(count):
             nxt = out[r, p]
             out[r, np.where(hit, 2, 0)] = nxt
             out[:, 2] = p
-        target[:], mask[:] = out, False
-        mask[:, [0, 2] if SCORED == "walk" else [0, 1, 2]] = True
+        _score(target, mask, out, SCORED)
         return mem, target, mask
     return fn
 
@@ -200,15 +208,6 @@ def _merge_steps(count, only=None):
 
 
 SCORED = "head"         # the step stones score cells 0-2 ("head") or every cell ("all")
-
-
-def _stage_errors(trainer, per_difficulty, rng, discrete):
-    """[S] errors on fresh examples of every difficulty; with `discrete`, the worse of fuzzy and discretized."""
-    if not discrete:
-        return _errors(trainer.model, trainer.cfg, per_difficulty, rng)
-    d = np.repeat(np.arange(T.task(trainer.cfg.task).min_difficulty, trainer.cfg.difficulty + 1), per_difficulty)
-    res = fuzzy_and_discrete(trainer.model, trainer.cfg, trainer.cfg.M, d, rng)
-    return np.maximum(res["error"], res["discrete_error"])
 
 
 def _weights(trainer):
@@ -298,7 +297,8 @@ def main():
             return trainer
 
         def errors(per_difficulty):
-            return np.max([_stage_errors(take(t), per_difficulty, rng, a.discrete) for t in trainers], axis=0)
+            return np.max([_errors(take(t).model, t.cfg, per_difficulty, rng, a.discrete) for t in trainers],
+                          axis=0)
 
         for i in range(a.stage_steps):
             for trainer in trainers:
