@@ -110,6 +110,12 @@ def test_export_writes_one_seed_as_a_run(stones, tmp_path, monkeypatch):
     trainer = Trainer(task_config("listsearch", None, stones._settings(args)))
     weights = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
     torch.save({"args": vars(args), "stones": {"step-pair": {}, "step": weights}}, tmp_path / "saved.pt")
+    for index, name, says in ((3, "refused", "seed indices 0..2"), (2, "../out", "invalid run name")):
+        with pytest.raises(SystemExit, match=says):                  # refused before any run is made
+            stones.export(tmp_path / "saved.pt", index, name)
+    with pytest.raises(SystemExit, match="not a stones.py --save file"):
+        stones.export(tmp_path / "missing.pt", 0, "refused")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     stones.export(tmp_path / "saved.pt", 2, "exported")
     run, _ = RunStore().resolve("exported")
     cfg, model, _ = load_model(run)

@@ -241,17 +241,30 @@ def export(path, index, name):
     """One seed of a `--save` file, with the weights its last stone left, as an nramctl ListSearch run
     (`runs/NAME`, config and checkpoints, checked on fresh examples): a start for `nramctl train
     listsearch --set train.init=NAME` and `nramctl eval`."""
+    import pickle
+
     import torch
 
     from nramctl.experiment import new_run, save_progress
-    from nramctl.runs import RunStore
-    saved = torch.load(path, weights_only=True)
-    a = argparse.Namespace(**saved["args"])
-    weights = list(saved["stones"].values())[-1]
+    from nramctl.runs import RunError, RunStore
+    try:                                # everything checked before the run is made: no half-made run
+        saved = torch.load(path, weights_only=True)
+        a = argparse.Namespace(**saved["args"])
+        weights = list(saved["stones"].values())[-1]
+    except (OSError, RuntimeError, KeyError, TypeError, IndexError, EOFError, pickle.UnpicklingError) as e:
+        raise SystemExit(f"error: --export {path}: not a stones.py --save file ({type(e).__name__})")
+    if not 0 <= index < a.seeds:
+        raise SystemExit(f"error: --export: {path} has seed indices 0..{a.seeds - 1}, not {index}")
+    store = RunStore()
+    try:
+        store.check_new_name(name)
+    except RunError as e:
+        raise SystemExit(f"error: --export: {e}")
+    seed = {k: v[index:index + 1] for k, v in weights.items()}
     cfg = task_config(getattr(a, "task", "listsearch"), None,
                       _settings(a) + ["train.seeds=1", f"train.seed={a.seed + index}"])
-    run, trainer = new_run(RunStore(), cfg, name)
-    trainer.model.load_state_dict({k: v[index:index + 1] for k, v in weights.items()}, strict=False)
+    run, trainer = new_run(store, cfg, name)
+    trainer.model.load_state_dict(seed, strict=False)
     errors = trainer.check()
     save_progress(run, trainer, "solved" if trainer.solved_step[0] is not None else "budget")
     print(run.name, "error", float(errors[0]), "solved" if trainer.solved_step[0] is not None else "not solved")
