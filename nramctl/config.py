@@ -98,6 +98,19 @@ class PopulationConfig:
 
 
 @dataclass
+class StonesConfig:
+    # Stepping stones (nramctl/stones.py): short tasks of the task's own layout that each seed trains on
+    # in turn before the task itself, carrying its weights from one to the next with fresh Adam moments
+    # at each. A seed moves on once it is exact on its stone at a check (fuzzy, fresh examples), after
+    # `polish` more steps there; one still not exact after `steps` steps on a stone moves on all the
+    # same (advance) or makes way for a fresh seed that starts again from the first stone (restart).
+    names: List[str] = field(default_factory=list)
+    steps: int = 3000
+    polish: int = 0
+    stuck: str = "advance"                       # advance | restart
+
+
+@dataclass
 class TrainConfig:
     steps: int = 5000                            # step budget
     max_minutes: Optional[float] = None          # time budget (wall minutes of training, every session)
@@ -125,6 +138,7 @@ class TrainConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     entropy: EntropyConfig = field(default_factory=EntropyConfig)
     population: PopulationConfig = field(default_factory=PopulationConfig)
+    stones: StonesConfig = field(default_factory=StonesConfig)
     extra_steps: int = 0                         # each training example gets T + U{0..extra_steps} steps
     lr_decay: float = 1.0                        # learning rate x lr_decay^step (1 = constant)
     dropout: float = 0.0                         # recurrent dropout: the LSTM's hidden state between
@@ -264,12 +278,22 @@ def validate(cfg):
     need(pop.mode == "off" or pop.patience > 0 or pop.deadline > 0 or pop.deadlines,
          "train.population.patience", pop.patience,
          f"must be positive with population mode {pop.mode} (or set train.population.deadline or deadlines)")
+    need(tr.stones.stuck in ("advance", "restart"), "train.stones.stuck", tr.stones.stuck,
+         "must be advance or restart")
+    try:
+        from .stones import stone             # (numpy: not imported where no config is validated)
+        stones = [stone(t.name, name) for name in tr.stones.names]
+    except TaskError as e:
+        raise ConfigError(f"train.stones.names: {e}") from None
+    tr.stones.names = [s.task.name.split(":", 1)[1] for s in stones]
     need(c.p_any + c.p_upto <= 1, "train.curriculum.p_any", c.p_any, "and p_upto must sum to at most 1")
     try:
         circuit(m.gates, m.repeat)
         t.check(cfg.difficulty, cfg.M)
         for n in range(t.min_difficulty, cfg.difficulty + 1):
             cfg.T_of(n)
+            for st in stones:
+                timestep_rule(st.T)(n)
     except (TaskError, GateError) as e:
         raise ConfigError(str(e)) from None
     cfg.task = t.name
@@ -295,7 +319,7 @@ RANGES = [
     ("train.logit_noise_decay", 0, 1),
     ("train.population.patience", 0, 10**9), ("train.population.deadline", 0, 10**9),
     ("train.population.deadline_error", 0, 1), ("train.population.top", 0.01, 1), ("train.extra_steps", 0, 10**6),
-    ("train.polish_extra_steps", 0, 10**6),
+    ("train.polish_extra_steps", 0, 10**6), ("train.stones.steps", 1, 10**9), ("train.stones.polish", 0, 10**9),
 ]
 
 

@@ -16,7 +16,7 @@ import torch
 
 PER_SEED_LISTS = ("seeds", "curricula", "data_rngs", "noise_gens", "best_error", "best_step", "solved_step",
                   "nonfinite", "solved_seconds", "lrs", "lineage", "last_improved", "polish_stage",
-                  "exact_extra", "adam_start")
+                  "exact_extra", "adam_start", "stage", "stage_start", "stone_exact", "stone_log", "born")
 
 
 def _pick_tensor(v, idx):
@@ -81,8 +81,8 @@ class Population:
         """Seed s is not solved, and has not improved its best error for `patience` steps, or its best
         error is still above a deadline's error after that deadline's steps of its own."""
         c = self.cfg
-        if trainer.solved_step[s] is not None:
-            return False
+        if trainer.solved_step[s] is not None or trainer.stone_of(s) is not None:
+            return False                # (a seed on a stepping stone follows train.stones' rules)
         if c.patience and trainer.step - trainer.last_improved[s] >= c.patience:
             return True
         age = trainer.step - trainer.adam_start[s]
@@ -108,7 +108,8 @@ class Population:
         if c.mode == "restart":
             return _restart(trainer, stuck, "restart")
         # exploit/explore: each stuck seed copies one of the better seeds (lowest best error, not stuck)
-        ranked = sorted((s for s in range(trainer.S) if s not in stuck and trainer.solved_step[s] is None),
+        ranked = sorted((s for s in range(trainer.S) if s not in stuck and trainer.solved_step[s] is None
+                         and trainer.stone_of(s) is None),
                         key=lambda s: trainer.best_error[s])
         donors = ranked[:max(1, int(np.ceil(c.top * trainer.S)))]
         for s in stuck:

@@ -68,11 +68,14 @@ def run_show(r, top=20):
         seeds = sorted(seeds, key=lambda x: (x.get("best_error") is None, x.get("best_error") or 0))[:top]
         title = f"seeds: the {top} lowest best errors of {len(r['seeds'])} (--top 0: every seed)"
     s = Table(title=title, title_justify="left")
-    for c in ("seed", "best error", "at step", "reached 0 at", "level", "own steps", "NaN/Inf steps"):
+    with_stones = any("stones" in x for x in seeds)
+    for c in ("seed", "best error", "at step", "reached 0 at", "level", "own steps", "NaN/Inf steps") \
+            + ("stones exact", "training on") * with_stones:
         s.add_column(c, justify="right")
     for x in seeds:                         # level: the seed's curriculum level; own steps: since its start
         s.add_row(str(x["seed"]), pct(x.get("best_error")), str(x.get("best_step")), str(x.get("solved_step") or "-"),
-                  str(x.get("level") or "-"), str(x.get("steps", "-")), str(x.get("nonfinite_steps", 0)))
+                  str(x.get("level") or "-"), str(x.get("steps", "-")), str(x.get("nonfinite_steps", 0)),
+                  *stone_cells(x) * with_stones)
     console.print(s)
     f = Table(title="files", title_justify="left")
     f.add_column("path")
@@ -80,6 +83,14 @@ def run_show(r, top=20):
     for x in r["files"]:
         f.add_row(escape(x["path"]), f"{x['bytes']:,}")
     console.print(f)
+
+
+def stone_cells(seed):
+    """A seed's stepping stones in two cells: the stones it left exact (of those it left), and what it
+    trains on now (a stone, or the task)."""
+    left = seed.get("stones") or []
+    exact = sum(1 for x in left if x[3] == "exact")
+    return f"{exact}/{len(left)}", escape(str(seed.get("stage", "-")))
 
 
 def population_line(seeds):
@@ -152,6 +163,9 @@ class TrainProgress:
         self.solved_seeds.update(r["seed"] for r in records if "solved_step" in r)
         solved = len(self.solved_seeds)
         info = f"loss {best['loss']:.3f}  err {pct(best['error'])}  level {best['level']}"
+        stoned = sum(1 for r in records if "stone" in r)
+        if stoned:                        # seeds still on stepping stones: their errors are the stones'
+            info += f"  on stones {stoned}/{len(records)}"
         if "eval_error" in best:
             info += f"  eval {pct(best['eval_error'])}"
         if len(self.seen) > 1:
@@ -176,11 +190,12 @@ def _clock(seconds):
 def train_summary(summary):
     t = Table(title=f"{summary['run']}: {summary['result']} after {summary['steps']} steps "
                     f"({summary['seconds']:.1f} s)")
-    for col in ("seed", "best error", "at step", "reached 0 at"):
+    with_stones = any("stones" in s for s in summary["seeds"])
+    for col in ("seed", "best error", "at step", "reached 0 at") + ("stones exact", "training on") * with_stones:
         t.add_column(col, justify="right")
     for s in summary["seeds"]:
         t.add_row(str(s["seed"]), pct(s["best_error"]), str(s["best_step"] or "-"),
-                  str(s["solved_step"] or "-"))
+                  str(s["solved_step"] or "-"), *stone_cells(s) * with_stones)
     console.print(t)
     console.print(f"saved in {summary['path']}")
 
@@ -419,6 +434,10 @@ def reproduce_row(r):
     console.print(f"{r['task']}: {r['result']}, seeds solved {share(r)} in {r['measure_seconds']:.0f} s "
                   f"(first at {first}); kept seed {r['seed']} ({r['run']}); "
                   f"generalization {_gen(r)}; discrete = fuzzy on {pct(r['discrete_agrees'])}")
+    if r.get("stones"):                   # seeds that left each stone exact, and how many reached the task
+        *stones, (task_name, reached) = r["stones"].items()
+        console.print("stones (seeds exact / moved on without): " + ", ".join(
+            f"{name} {c['exact']}/{c['advanced']}" for name, c in stones) + f"; {reached['reached']} reached {task_name}")
 
 
 def reproduce_table(results):

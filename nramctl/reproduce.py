@@ -176,9 +176,23 @@ def run_task(run, trainer, plan, on_log=None, should_stop=lambda: False):
         "discrete_perfect_up_to": _perfect_up_to(rows, "discrete_error"),
         "discrete_agrees": min(r["discrete_agrees"] for r in rows),
         "rows": rows, "paper": dict(zip(("train", "generalization", "discretization"), PAPER[cfg.task])),
+        "stones": stone_counts(cfg.train.stones.names, cfg.task, measured),
         "circuit": native.backend(),
         "seconds": trainer.elapsed + time.perf_counter() - t_eval,
     }
+
+
+def stone_counts(names, task_name, measured):
+    """With stepping stones, per stone (in order) how many of the measured seeds left it exact and how
+    many moved on without (`train.stones.steps` spent), and how many reached the task itself; None
+    without stones."""
+    if not names:
+        return None
+    out = {name: {"exact": 0, "advanced": 0} for name in names}
+    for r in measured:
+        for name, _, _, how in r.get("stones", []):
+            out[name][how] += 1
+    return {**out, task_name: {"reached": sum(1 for r in measured if r.get("stage") == task_name)}}
 
 
 def _solved(measured):

@@ -19,6 +19,7 @@ from .evaluate import compare, evaluate, score
 from .machine import NRAM, fuzzy_run
 from .population import PER_SEED_LISTS, Population, place, subset
 from .runtime import freeze_long_lived_objects
+from .stones import stone
 from .tasks import task
 
 
@@ -67,6 +68,13 @@ class Trainer:
         self.next_seed = max(self.seeds, default=tr.seed) + 1     # for restarts
         self.population = Population(cfg)
         self.polish = tr.polish_steps                 # reproduce measures shares with 0, then polishes
+        self.stones = [stone(cfg.task, name) for name in tr.stones.names]
+        self.stage = [0] * self.S                     # per seed: the stone it trains on (len(stones): the task)
+        self.stage_start = [0] * self.S               # the step its stage began
+        self.stone_exact = [None] * self.S            # the step it was first exact on its stone
+        self.stone_log = [[] for _ in self.seeds]     # the stones it left: [stone, steps, error, exact|advanced]
+        self.born = [0] * self.S                      # the step it began (its restart's)
+        self._stone_events, self._stuck_on_stone = [], []
         self._reset_log()
 
     @classmethod
@@ -80,6 +88,12 @@ class Trainer:
     def batch(self):
         parts = []
         for s in range(self.S):
+            stone = self.stone_of(s)
+            if stone is not None:           # the stone's difficulties drawn uniformly, no curriculum
+                d = self.data_rngs[s].integers(self.task.min_difficulty, self.cfg.difficulty + 1,
+                                               size=self.cfg.train.batch)
+                parts.append(make_batch(stone.task.name, self.cfg.M, d, self.data_rngs[s], stone.T))
+                continue
             d = self.curricula[s].sample(self.data_rngs[s], self.cfg.train.batch)
             parts.append(make_batch(self.cfg.task, self.cfg.M, d, self.data_rngs[s], self.cfg.T,
                                     self._extra_steps(s)))
@@ -189,7 +203,7 @@ class Trainer:
         scored = b.mask.sum(1).view(self.S, -1)
         d = b.difficulty.view(self.S, -1)
         for s, c in enumerate(self.curricula):
-            if bad[s]:
+            if bad[s] or self.stone_of(s) is not None:
                 continue
             at = d[s] <= c.level
             c.update(float(wrong[s][at].sum()) / max(int(scored[s][at].sum()), 1))
@@ -232,12 +246,18 @@ class Trainer:
         polishing = [self.solved_step[s] is not None for s in range(self.S)]
         stages = sorted({self.polish_stage[s] for s in range(self.S) if polishing[s]}) if tr.polish_extra_steps \
             else []
-        errors = self._errors(tr.extra_steps, 1)
+        on_stone = [self.stone_of(s) is not None for s in range(self.S)]
+        errors = self._errors(tr.extra_steps, 1) if not all(on_stone) else np.zeros(self.S)
+        for k in sorted({self.stage[s] for s in range(self.S) if on_stone[s]}):
+            errors = np.where(np.array(self.stage) == k, self._stone_errors(k), errors)
+        self._check_stones(errors)
         for k in stages:                    # polishing seeds: the worse of that and their stage's
             extended = np.maximum(errors, self._errors(k, 2))
             errors = np.where([polishing[s] and self.polish_stage[s] == k for s in range(self.S)], extended, errors)
         finite = self._finite_weights()
         for s in range(self.S):
+            if on_stone[s]:
+                continue                                      # (judged on its stone above)
             if polishing[s] and self.step > self.solved_step[s] + self.polish:
                 continue                                      # finished before this check
             if not finite[s]:
@@ -271,6 +291,66 @@ class Trainer:
             res = compare(self.model, cfg, cfg.M, d, rng)
             return np.maximum(res["error"], res["discrete_error"])
         return evaluate(self.model, cfg, cfg.M, d, rng)["error"]
+
+    # ---- stepping stones --------------------------------------------------------------------
+    def stone_of(self, s):
+        """The Stone seed position s trains on, or None once it trains on the task itself."""
+        return self.stones[self.stage[s]] if self.stage[s] < len(self.stones) else None
+
+    def _stone_errors(self, k):
+        """[S] fuzzy error of every seed on fresh examples of stone k."""
+        st, tr = self.stones[k], self.cfg.train
+        cfg = dataclasses.replace(self.cfg, task=st.task.name, T=st.T)
+        rng = np.random.default_rng([tr.seed, self.step, 3 + k])
+        d = rng.integers(self.task.min_difficulty, cfg.difficulty + 1, size=tr.eval_examples)
+        return evaluate(self.model, cfg, cfg.M, d, rng)["error"]
+
+    def _check_stones(self, errors):
+        """Seeds on a stone: one exact on it moves on after train.stones.polish more steps; one not exact
+        after train.stones.steps moves on all the same or (stuck: restart) is restarted after the check."""
+        c = self.cfg.train.stones
+        for s in range(self.S):
+            if self.stone_of(s) is None:
+                continue
+            e = float(errors[s])
+            if e <= self.cfg.train.target_error and self.stone_exact[s] is None:
+                self.stone_exact[s] = self.step
+            if self.stone_exact[s] is not None and self.step - self.stone_exact[s] >= c.polish:
+                self._next_stone(s, e, "exact")
+            elif self.step - self.stage_start[s] >= c.steps:
+                if c.stuck == "advance":
+                    self._next_stone(s, e, "advanced")
+                elif s not in self._stuck_on_stone:
+                    self._stuck_on_stone.append(s)
+
+    def _next_stone(self, s, error, how):
+        """Seed position s leaves its stone (`how`: exact or advanced) for the next stone or the task,
+        with its weights and fresh Adam moments (as a new training would start it)."""
+        name = self.stones[self.stage[s]].task.name.split(":", 1)[1]
+        steps = self.step - self.stage_start[s]
+        self.stone_log[s].append([name, steps, round(error, 4), how])
+        self._stone_events.append({"event": "stone", "seed": self.seeds[s], "stone": name, "how": how,
+                                   "stone_steps": steps, "error": round(error, 4), "step": self.step})
+        self.stage[s] += 1
+        self.stage_start[s], self.stone_exact[s], self.last_improved[s] = self.step, None, self.step
+        with torch.no_grad():
+            for st in self.opt.state.values():
+                for v in st.values():
+                    if torch.is_tensor(v) and v.dim() > 0:
+                        v[s] = 0
+        self.adam_start[s] = self.opt.steps()
+        self._set_lrs()
+
+    def after_stones(self):
+        """The stone events of the last check, and the restarts of the seeds it found stuck on a stone
+        (each a fresh seed from the first stone); for the metrics."""
+        events, self._stone_events = self._stone_events, []
+        stuck, self._stuck_on_stone = self._stuck_on_stone, []
+        for s in stuck:
+            old, name = self.seeds[s], self.stones[self.stage[s]].task.name.split(":", 1)[1]
+            events.append({"event": "stone-restart", "seed": self.restart(s), "replaces": old, "stone": name,
+                           "step": self.step})
+        return events
 
     def done(self):
         if self.S == 0:
@@ -335,7 +415,7 @@ class Trainer:
             fresh.start_at(self.start_weights)
         one = fresh.state_dict()
         place(state, s, one, keys=("model", "optimizer", "best", *PER_SEED_LISTS))
-        state["last_improved"][s] = self.step
+        state["last_improved"][s] = state["stage_start"][s] = state["born"][s] = self.step
         state["adam_start"][s] = self.opt.steps()    # fresh moments: a fresh Adam's bias corrections
         self.load_state_dict(state)
         return new
@@ -359,16 +439,27 @@ class Trainer:
                  "solved_step": self.solved_step[s], "solved_seconds": self.solved_seconds[s],
                  "nonfinite_steps": self.nonfinite[s], "lineage": self.lineage[s],
                  "exact_extra_steps": self.exact_extra[s], "level": self.curricula[s].level,
-                 "steps": self.step - self.adam_start[s], "active": True}
+                 "steps": self.step - self.born[s], "active": True, **self._stone_record(s)}
                 for s in range(self.S)]
         rows += [{"seed": r["seeds"][0], "best_error": r["best_error"][0], "best_step": r["best_step"][0],
                   "solved_step": r["solved_step"][0], "solved_seconds": r["solved_seconds"][0],
                   "nonfinite_steps": r["nonfinite"][0], "lineage": r["lineage"][0],
                   "exact_extra_steps": r.get("exact_extra", [None])[0],
                   "level": r["curricula"][0]["level"] if r.get("curricula") else None,
-                  "steps": r["step"] - r.get("adam_start", [0])[0], "active": False}
+                  "steps": r["step"] - r.get("born", r.get("adam_start", [0]))[0], "active": False,
+                  **self._stone_record(0, r)}
                  for r in self.retired]
         return sorted(rows, key=lambda r: r["seed"])
+
+    def _stone_record(self, s, state=None):
+        """With stones: the stones seed position s has left and the stage it trains on (of a retired
+        seed's `state` where given)."""
+        if not self.stones:
+            return {}
+        log, stage = (state.get("stone_log", [[]])[0], state.get("stage", [0])[0]) if state is not None \
+            else (self.stone_log[s], self.stage[s])
+        at = self.stones[stage].task.name.split(":", 1)[1] if stage < len(self.stones) else self.cfg.task
+        return {"stones": [list(x) for x in log], "stage": at}
 
     def all_best_params(self):
         """Best parameters of every seed, in the order of all_seeds(): {name: [S_all, ...]}."""
@@ -420,7 +511,7 @@ class Trainer:
                 if on_log:
                     on_log(records)
             if evaluated is not None:
-                events = self.population.after_check(self)
+                events = self.after_stones() + self.population.after_check(self)
                 if tr.until == "all":
                     finished = [s for s in range(self.S) if self.finished(s)]
                     if finished and self.population.refills():
@@ -447,6 +538,8 @@ class Trainer:
                 r["eval_error"] = float(evaluated[s])
             if self.solved_step[s] is not None:
                 r["solved_step"] = self.solved_step[s]
+            if self.stone_of(s) is not None:
+                r["stone"] = self.stone_of(s).task.name.split(":", 1)[1]
             if a["nonfinite"][s]:
                 r["nonfinite_rolled_back"] = int(a["nonfinite"][s])   # steps undone since the last record
             recs.append(r)
@@ -467,6 +560,8 @@ class Trainer:
             "last_improved": list(self.last_improved), "retired": list(self.retired),
             "best_params": self.best_params, "nonfinite": list(self.nonfinite), "start_weights": self.start_weights,
             "polish_stage": list(self.polish_stage), "exact_extra": list(self.exact_extra),
+            "stage": list(self.stage), "stage_start": list(self.stage_start), "stone_exact": list(self.stone_exact),
+            "stone_log": [list(x) for x in self.stone_log], "born": list(self.born),
             "log": {"loss": self._acc["loss"].tolist(), "error": self._acc["error"].tolist(),
                     "n": self._acc["n"], "time": self._acc["time"],
                     "nonfinite": self._acc["nonfinite"].tolist()},
@@ -499,6 +594,11 @@ class Trainer:
         K = self.cfg.train.polish_extra_steps
         self.polish_stage = list(d.get("polish_stage", [K if x is not None else 0 for x in self.solved_step]))
         self.exact_extra = list(d.get("exact_extra", [None] * self.S))
+        self.stage = [int(x) for x in d.get("stage", [0] * self.S)]      # (runs from before stones: none)
+        self.stage_start = [int(x) for x in d.get("stage_start", [0] * self.S)]
+        self.stone_exact = list(d.get("stone_exact", [None] * self.S))
+        self.stone_log = [list(x) for x in d.get("stone_log", [[] for _ in range(self.S)])]
+        self.born = [int(x) for x in d.get("born", self.adam_start)]
         self.best_params = d["best_params"]
         self.start_weights = d.get("start_weights")       # runs from before it: restarts begin fresh
         log = d["log"]

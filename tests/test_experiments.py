@@ -14,6 +14,7 @@ from nramctl.data import make_batch
 from nramctl.discrete import discrete_run
 from nramctl.machine import fuzzy_run
 from nramctl.program import wired
+from test_stones import _walk           # a plain walk of K steps, the stones' oracle
 
 SCRIPT = Path(__file__).resolve().parent.parent / "docs" / "experiments" / "stones.py"
 # LISTSEARCH_SEQUENCE on the script's `const` gate list: the addresses 1 and 2 from the constants
@@ -62,17 +63,6 @@ def test_a_listsearch_circuit_is_exact_on_the_step_stone(stones, monkeypatch, wi
         b = make_batch(name, 15, np.arange(1, 7).repeat(20), np.random.default_rng(5), T)
         for pred in (fuzzy_run(model, b).pred, discrete_run(model, b.memory, b.T)[0]):
             assert torch.equal(pred[b.mask], b.target[b.mask])
-
-
-def _walk(m, count):
-    """A plain walk of `count` steps from the node in cell 0: a node whose value is v is kept, any other
-    is left for its successor; cell 2 ends at the last node examined. Off the list's end (NULL) both are 0."""
-    p, examined = m[0], m[2]
-    for _ in range(count):
-        examined = p
-        if p and m[p + 1] != m[1]:
-            p = m[p]
-    return p, examined
 
 
 @pytest.mark.parametrize("count", [2, 3, 4])

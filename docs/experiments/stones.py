@@ -48,7 +48,7 @@ import time
 
 import numpy as np
 
-from nramctl import tasks as T
+from nramctl import stones as S, tasks as T
 from nramctl.basin import _errors, perturb
 from nramctl.config import task_config
 from nramctl.evaluate import compare as fuzzy_and_discrete, evaluate
@@ -62,24 +62,7 @@ GATES = {"halt": "model.gates=[READ,INC,READ,READ,INC,READ,EQ,INC,WRITE,WRITE]",
                   "ADD,WRITE]"}
 
 
-def _layout(M, rng, k, length):
-    """ListSearch's memory, as `tasks.listsearch` lays it out, before v and the target are set."""
-    mem, target, mask = T._blank(k, M)
-    nodes = T._linked_list(length, M, rng, mem)
-    T._trash(M, rng, mem, nodes)
-    return mem, target, mask, nodes
-
-
-def _other(x, M, rng):
-    """A value in 1..M-1 other than x, per row."""
-    return (x + rng.integers(1, M - 1, size=len(x)) - 1) % (M - 1) + 1
-
-
-def _against(mem, target, mask, x, rng, M):
-    """v (cell 1) := x half the time, another value otherwise; cell 2 := [x = v]."""
-    mem[:, 1] = np.where(rng.random(len(x)) < 0.5, x, _other(x, M, rng))
-    target[:, 2], mask[:, 2] = (mem[:, 1] == x).astype(mem.dtype), True
-    return mem, target, mask
+_layout, _other, _against, _mid_walk, _score = S._layout, S.other, S.against, S.mid_walk, S.score
 
 
 def hop(n, M, rng, k):
@@ -107,104 +90,21 @@ def walk(n, M, rng, k):
     return mem, target, mask
 
 
-def _mid_walk(n, M, rng, k):
-    """ListSearch's memory with the walk under way: cell 0 at a random node of the list, cell 2 at the
-    node before it (0 at the head). Returns memory, target, mask, the nodes and each row's node index."""
-    mem, target, mask, nodes = _layout(M, rng, k, n)
-    r, j = T._rows(k)[:, 0], rng.integers(0, n, size=k)
-    mem[:, 0], mem[:, 2] = nodes[r, j], np.where(j > 0, nodes[r, np.maximum(j - 1, 0)], 0)
-    return mem, target, mask, nodes, j
-
-
-def _score(target, mask, after, how):
-    """The target is the memory `after` the steps; scored are cells 0-2 ("head"), 0 and 2 ("walk") or
-    every cell ("all")."""
-    target[:], mask[:] = after, how == "all"
-    mask[:, [0, 2] if how == "walk" else [0, 1, 2]] = True
-
-
 def _step(which, scored=None):
-    """One step of LISTSEARCH_SEQUENCE's walk from a state the walk passes through: cell 0 at a random
-    node q of the list, cell 2 at the node before it (0 at the head). Where x = v the walk stays (cell 0
-    := q), else it moves on (cell 0 := next(q)); either way cell 2 := q. x is q itself (`pair`), next(q)
-    (`hop`), q + 1 (`inc`) or value(q) (`step`, the walk's own test), equal to v half the time; `advance` never equal.
-    Cells 0, 1 and 2 are scored (`--scored all`: every cell; `walk`: cells 0 and 2 alone), so that a step
-    which gets cells 0 and 2 right by overwriting v fails."""
+    """One step of the walk (`nramctl.stones.walk_step`), scored as --scored says unless `scored`."""
     def fn(n, M, rng, k):
-        mem, target, mask, _, _ = _mid_walk(n, M, rng, k)
-        r, q = T._rows(k)[:, 0], mem[:, 0].copy()
-        x = {"pair": q, "inc": q + 1, "hop": mem[r, q], "step": mem[r, q + 1], "advance": mem[r, q + 1]}[which]
-        mem, target, mask = _against(mem, target, mask, x, rng, M)
-        if which == "advance":
-            mem[:, 1] = _other(x, M, rng)
-        _score(target, mask, mem, scored or SCORED)    # every other cell stays as it was
-        target[:, 2], target[:, 0] = q, np.where(mem[:, 1] == x, q, mem[r, q])
-        return mem, target, mask
+        return S.walk_step(which, scored or SCORED)(n, M, rng, k)
     return fn
 
 
 def _steps(count):
-    """`count` steps of LISTSEARCH_SEQUENCE's walk (T = count) from a node q of the list (cell 2 the node
-    before it), v the value of q or of one of the next count - 1 nodes half the time, else another value;
-    the target is what the circuit's steps leave in the scored cells (as the one-step stones), simulated
-    here step by step as the circuit does them: where value(p) = v, cell 2 := next(p) and then cell 2 := p,
-    else cell 0 := next(p) and cell 2 := p, with p = cell 0."""
+    """`count` steps of the walk (`nramctl.stones.walk_steps`), scored as --scored says."""
     def fn(n, M, rng, k):
-        mem, target, mask, nodes, j = _mid_walk(n, M, rng, k)
-        r = T._rows(k)[:, 0]
-        ahead = nodes[r, np.minimum(j + rng.integers(0, count, size=k), n - 1)]
-        x = mem[r, ahead + 1]
-        mem, target, mask = _against(mem, target, mask, x, rng, M)
-        out = mem.copy()
-        for _ in range(count):
-            p = out[:, 0].copy()
-            hit = out[r, (p + 1) % M] == out[:, 1]
-            nxt = out[r, p]
-            out[r, np.where(hit, 2, 0)] = nxt
-            out[:, 2] = p
-        _score(target, mask, out, SCORED)
-        return mem, target, mask
+        return S.walk_steps(count, SCORED)(n, M, rng, k)
     return fn
 
 
-def _merge_step(mem):
-    """One step of circuits.MERGE_FIXED on [k, M] memories, in place: m = min of the two heads written at
-    the output pointer, then A's pointer moves where its head is <= B's, else B's, and the output's moves;
-    nothing moves once both heads are the guardian G = M - 1."""
-    k, M = mem.shape
-    r = np.arange(k)
-    pa, pb, po = mem[:, 0].copy(), mem[:, 1].copy(), mem[:, 2].copy()
-    x, y = mem[r, pa], mem[r, pb]
-    m, adv = np.minimum(x, y), (np.minimum(x, y) < M - 1).astype(mem.dtype)
-    a_moves = (x <= y) * adv
-    mem[r, po] = m
-    mem[:, 0], mem[:, 1], mem[:, 2] = (pa + a_moves) % M, (pb + adv - a_moves) % M, (po + adv) % M
-
-
-def _merge_steps(count, only=None):
-    """`count` steps of MERGE_FIXED's merge (T = count) from a state it passes through: Merge's memory after
-    a random number of its steps, fewer than n. The target is what the circuit's steps leave in cells 0-2
-    and in the output. `only` "a" or "b": B or A empty (n1 = n or 0), the merge a copy of one run."""
-    def fn(n, M, rng, k):
-        rows = []
-        while sum(len(x[0]) for x in rows) < k:        # Merge's own examples, filtered to the wanted n1
-            mem, target, mask = T.merge(n, M, rng, 4 * k * (n + 1) if only else k)
-            n1 = mem[:, 1] - 4
-            keep = n1 == n if only == "a" else n1 == 0 if only == "b" else np.ones(len(mem), bool)
-            rows.append((mem[keep], mask[keep]))
-        mem, mask = (np.concatenate([x[i] for x in rows])[:k] for i in (0, 1))
-        done = rng.integers(0, n, size=k)
-        for t in range(n):
-            at = done > t
-            part = mem[at]
-            _merge_step(part)
-            mem[at] = part
-        target = mem.copy()
-        for _ in range(count):
-            _merge_step(target)
-        mask[:, :3] = True
-        return mem, target, mask
-    return fn
+_merge_step, _merge_steps, _merge_shallow, _merge_out = S.merge_step, S.merge_steps, S.merge_shallow, S.merge_out
 
 
 SCORED = "head"         # the step stones score cells 0-2 ("head") or every cell ("all")
@@ -228,7 +128,9 @@ STONES = {"pair": (pair, ONE_STEP, lambda n: 1), "hop": (hop, ONE_STEP, lambda n
           "stepv": (_step("step", "head"), ONE_STEP, lambda n: 1),     # `step` with cells 0-2 scored
           **{f"step{c}": (_steps(c), [f"T={c}", "train.curriculum.enabled=false"], lambda n, c=c: c) for c in (2, 3, 4)},
           **{f"merge{c}{only or ''}": (_merge_steps(c, only), [f"T={c}", "train.curriculum.enabled=false"],
-                                       lambda n, c=c: 2 * n + 5) for c in (1, 2, 3, 4) for only in (None, "a", "b")}}
+                                       lambda n, c=c: 2 * n + 5) for c in (1, 2, 3, 4) for only in (None, "a", "b")},
+          "merge1p": (_merge_shallow, ONE_STEP, lambda n: 2 * n + 5),
+          "merge1o": (_merge_out, ONE_STEP, lambda n: 2 * n + 5)}
 
 
 def _settings(a):
