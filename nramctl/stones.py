@@ -17,11 +17,13 @@ ListSearch (LISTSEARCH_SEQUENCE's walk: where value(q) = v the walk stays, else 
     step-pair, step-hop, step-inc, step   one step from a node q, the test x = v on x = q, next(q), q + 1,
                                           or value(q) (the walk's own test)
     step2, step3, step4                   that many steps, v within reach half the time
-Merge (circuits.MERGE_FIXED's merge; cells 0-2 and the written output scored):
+Merge (circuits.MERGE_FIXED's merge; cells 0-2 and the cells the steps write scored):
     merge1p                               one step comparing the two pointers themselves
-    merge1o                               one step, only the output and cell 2 scored (the minimum of
+    merge1pb                              one step comparing A's head with B's pointer itself
+    merge1o                               one step, only the written cell and cell 2 scored (the minimum of
                                           the two heads written, without the choice of pointer to move)
     merge1a, merge1b (to merge4a, 4b)     K steps with B or A empty: a copy of one run
+    merge1ab (to merge4ab)                the same, B or A empty half the time each
     merge1, merge2, merge3, merge4        K steps from a state the merge passes through
 """
 from dataclasses import dataclass
@@ -125,33 +127,38 @@ def walk_steps(count, scored="walk"):
 
 # ---- Merge -----------------------------------------------------------------------------------------
 
-def merge_step(mem, shallow=False):
+def merge_step(mem, shallow=""):
     """One step of circuits.MERGE_FIXED on [k, M] memories, in place: m = min of the two heads written at
     the output pointer, then A's pointer moves where its head is <= B's, else B's, and the output's moves;
-    nothing moves once both heads are the guardian G = M - 1. `shallow`: the step compares the two
-    pointers themselves instead of the heads they point to (one READ less deep)."""
+    nothing moves once both heads are the guardian G = M - 1. `shallow` "ab", "a" or "b": the step
+    compares those sides' pointers themselves instead of the heads they point to (one READ less deep).
+    Returns the addresses written (the output pointers, [k])."""
     import numpy as np
     k, M = mem.shape
     r = np.arange(k)
     pa, pb, po = mem[:, 0].copy(), mem[:, 1].copy(), mem[:, 2].copy()
-    x, y = (pa, pb) if shallow else (mem[r, pa], mem[r, pb])
+    x = pa if "a" in shallow else mem[r, pa]
+    y = pb if "b" in shallow else mem[r, pb]
     m, adv = np.minimum(x, y), (np.minimum(x, y) < M - 1).astype(mem.dtype)
     a_moves = (x <= y) * adv
     mem[r, po] = m
     mem[:, 0], mem[:, 1], mem[:, 2] = (pa + a_moves) % M, (pb + adv - a_moves) % M, (po + adv) % M
+    return po
 
 
 def merge_steps(count, only=None):
     """`count` steps of MERGE_FIXED's merge (T = count) from a state it passes through: Merge's memory after
     a random number of its steps, fewer than n. The target is what the circuit's steps leave in cells 0-2
-    and in the output. `only` "a" or "b": B or A empty (n1 = n or 0), the merge a copy of one run."""
+    and in the cells they write (since stop 36: not the rest of the output, which one step leaves as it
+    was and which, scored, made a step's pointer moves some 5% of the loss). `only` "a" or "b": B or A
+    empty (n1 = n or 0), the merge a copy of one run; "ab": either, half the time each."""
     def fn(n, M, rng, k):
         import numpy as np
         rows = []
         while sum(len(x[0]) for x in rows) < k:        # Merge's own examples, filtered to the wanted n1
             mem, target, mask = T.merge(n, M, rng, 4 * k * (n + 1) if only else k)
             n1 = mem[:, 1] - 4
-            keep = n1 == n if only == "a" else n1 == 0 if only == "b" else np.ones(len(mem), bool)
+            keep = {"a": n1 == n, "b": n1 == 0, "ab": (n1 == n) | (n1 == 0)}.get(only, np.ones(len(mem), bool))
             rows.append((mem[keep], mask[keep]))
         mem, mask = (np.concatenate([x[i] for x in rows])[:k] for i in (0, 1))
         done = rng.integers(0, n, size=k)
@@ -160,30 +167,34 @@ def merge_steps(count, only=None):
             part = mem[at]
             merge_step(part)
             mem[at] = part
-        target = mem.copy()
+        target, r = mem.copy(), np.arange(k)
+        mask[:] = False
         for _ in range(count):
-            merge_step(target)
+            mask[r, merge_step(target)] = True
         mask[:, :3] = True
         return mem, target, mask
     return fn
 
 
-def merge_shallow(n, M, rng, k):
-    """One step of MERGE_FIXED's merge comparing the pointers themselves (`merge_step(shallow=True)`):
-    Merge's memory with cells 0, 1 and 2 redrawn in 3..M-2; cells 0-2 and the written cell scored."""
-    import numpy as np
-    mem, _, mask = T.merge(n, M, rng, k)
-    mem[:, :3] = rng.integers(3, M - 1, size=(k, 3))
-    target = mem.copy()
-    merge_step(target, shallow=True)
-    mask[:] = False
-    mask[:, :3], mask[np.arange(k), mem[:, 2]] = True, True
-    return mem, target, mask
+def merge_shallow(sides):
+    """One step of MERGE_FIXED's merge comparing the pointers of `sides` ("ab", "b") themselves
+    (`merge_step`) and the others' heads: Merge's memory with cells 0, 1 and 2 redrawn in 3..M-2; cells
+    0-2 and the written cell scored."""
+    def fn(n, M, rng, k):
+        import numpy as np
+        mem, _, mask = T.merge(n, M, rng, k)
+        mem[:, :3] = rng.integers(3, M - 1, size=(k, 3))
+        target = mem.copy()
+        mask[:] = False
+        mask[np.arange(k), merge_step(target, shallow=sides)] = True
+        mask[:, :3] = True
+        return mem, target, mask
+    return fn
 
 
 def merge_out(n, M, rng, k):
-    """merge1 with only the output and cell 2 scored: the minimum of the two heads written, without the
-    choice of the pointer that moves."""
+    """merge1 with only the written cell and cell 2 scored: the minimum of the two heads written, without
+    the choice of the pointer that moves."""
     mem, target, mask = merge_steps(1)(n, M, rng, k)
     mask[:, :2] = False
     return mem, target, mask
@@ -198,10 +209,11 @@ def _stones():
         out["listsearch"]["step" if which == "step" else f"step-{which}"] = (walk_step(which), "1", ls)
     for c in (2, 3, 4):
         out["listsearch"][f"step{c}"] = (walk_steps(c), str(c), ls)
-    out["merge"]["merge1p"] = (merge_shallow, "1", mg)
+    out["merge"]["merge1p"] = (merge_shallow("ab"), "1", mg)
+    out["merge"]["merge1pb"] = (merge_shallow("b"), "1", mg)
     out["merge"]["merge1o"] = (merge_out, "1", mg)
     for c in (1, 2, 3, 4):
-        for only in ("a", "b", None):
+        for only in ("a", "b", "ab", None):
             out["merge"][f"merge{c}{only or ''}"] = (merge_steps(c, only), str(c), mg)
     return {task: {name: Stone(T.Task(f"{task}:{name}", fn, base.min_M, base.min_difficulty), rule)
                    for name, (fn, rule, base) in stones.items()} for task, stones in out.items()}

@@ -73,9 +73,10 @@ def _plain_merge_step(m):
 
 
 def test_merge_stones_against_a_plain_merge_step_and_the_circuit():
-    """merge1: one plain merge step; merge1o scores only the output and cell 2; merge1p compares the two
-    pointers themselves (the circuit with MIN and LE reading the pointers is exact on it, MERGE_FIXED
-    is not); MERGE_FIXED is exact on every deep stone."""
+    """merge1: one plain merge step; merge1o scores only the written cell and cell 2; merge1p compares the
+    two pointers themselves, merge1pb A's head with B's pointer (the circuit with MIN and LE reading those
+    is exact on each, MERGE_FIXED is not); merge1ab has A or B empty; MERGE_FIXED is exact on every deep
+    stone."""
     one, out, shallow = (stones.stone("merge", s).task for s in ("merge1", "merge1o", "merge1p"))
     for n in range(1, 11):
         mem, target, mask = one.batch(n, 25, np.random.default_rng(n), 20)
@@ -89,12 +90,21 @@ def test_merge_stones_against_a_plain_merge_step_and_the_circuit():
             a, b, o = m[:3]
             assert 3 <= min(a, b, o) and max(a, b, o) <= 23 and sum(k) == 4 and k[o]
             assert (t[0], t[1], t[2], t[o]) == ((a + 1, b) if a <= b else (a, b + 1)) + (o + 1, min(a, b))
+        mem, target, mask = stones.stone("merge", "merge1pb").task.batch(n, 25, np.random.default_rng(n), 20)
+        for m, t in zip(mem.tolist(), target.tolist()):
+            a, b, o = m[:3]
+            assert (t[0], t[1], t[o]) == ((a + 1, b) if m[a] <= b else (a, b + 1)) + (min(m[a], b),)
+        mem, target, mask = stones.stone("merge", "merge1ab").task.batch(n, 25, np.random.default_rng(n), 40)
+        n1 = {m.index(24, 3) - 3 for m in mem.tolist()}               # A's run ends at the first guardian
+        assert n1 == {0, n}                                           # A or B empty, both drawn
     deep = wired(MERGE_FIXED.R, MERGE_FIXED.gates, MERGE_FIXED.rules)
-    for name in ("merge1", "merge1o", "merge2a", "merge3b", "merge4"):
+    for name in ("merge1", "merge1o", "merge2a", "merge3b", "merge1ab", "merge4"):
         st = stones.stone("merge", name)
         _exact(deep, st.task.name, 25, np.arange(1, 11).repeat(6), st.T)
     rules = [({}, {**MERGE_FIXED.rules[0][1], "MIN": ["READ", "READ#2"], "LE": ["READ", "READ#2"]})]
     _exact(wired(1, MERGE_FIXED.gates, rules), "merge:merge1p", 25, np.arange(1, 11).repeat(6), "1")
+    rules = [({}, {**MERGE_FIXED.rules[0][1], "MIN": ["READ#4", "READ#2"], "LE": ["READ#4", "READ#2"]})]
+    _exact(wired(1, MERGE_FIXED.gates, rules), "merge:merge1pb", 25, np.arange(1, 11).repeat(6), "1")
     b = make_batch("merge:merge1p", 25, np.arange(1, 11).repeat(6), np.random.default_rng(3), "1")
     assert not torch.equal(fuzzy_run(deep, b).pred[b.mask], b.target[b.mask])
 

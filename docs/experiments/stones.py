@@ -104,7 +104,7 @@ def _steps(count):
     return fn
 
 
-_merge_step, _merge_steps, _merge_shallow, _merge_out = S.merge_step, S.merge_steps, S.merge_shallow, S.merge_out
+_merge_step, _merge_steps, _merge_shallow, _merge_out = S.merge_step, S.merge_steps, S.merge_shallow("ab"), S.merge_out
 
 
 SCORED = "head"         # the step stones score cells 0-2 ("head") or every cell ("all")
