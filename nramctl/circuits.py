@@ -136,6 +136,16 @@ MERGE_FIXED = Circuit(1, 1, None, [
 ], ("INC", "INC", "DEC", "READ", "READ", "READ", "READ", "READ", "MIN", "LE", "LT", "WRITE", "MIN", "ADD",
     "WRITE", "ADD", "SUB", "WRITE", "ADD", "WRITE"))
 
+# MERGE_FIXED without SUB (stop 36): B's pointer moves by its own comparison, [y < x] (a second LT), which
+# is adv - [x <= y] adv in every case (both heads G: neither; only one G: the other moves). Taught by
+# stepping stones, MERGE_FIXED's seeds kept one wire of that pointer arithmetic wrong (docs/RESULTS.md).
+MERGE_LT = Circuit(1, 1, None, [
+    ({}, {**{k: v for k, v in MERGE_FIXED.rules[0][1].items() if k != "SUB"},
+          "LT#2": ["READ#5", "READ#4"],                                # B's pointer moves: [y < x]
+          "ADD#2": ["READ#2", "LT#2"], "WRITE#3": ["INC", "ADD#2"]}),   # cell 1 := pb + that
+], ("INC", "INC", "DEC", "READ", "READ", "READ", "READ", "READ", "MIN", "LE", "LT", "LT", "WRITE", "MIN", "ADD",
+    "WRITE", "ADD", "WRITE", "ADD", "WRITE"))
+
 # Not a solution: LISTSEARCH_SEQUENCE with the walk's write always to cell 0, so the walk never stops
 # (100% error with T(n) steps: it runs off the list's end). A stepping stone for `basin`: from this walk,
 # perturbed, does training find the stop on a match (the write's address 2 [value(q) = v])?
@@ -186,7 +196,7 @@ VARIANTS = {("permutation", "uniform"): PERMUTATION_UNIFORM, ("permutation", "fi
             ("listsearch", "halt"): LISTSEARCH_HALT,
             ("listsearch", "halt-walk"): LISTSEARCH_HALT_WALK,
             ("listsearch", "halt-walk-only"): LISTSEARCH_HALT_WALK_ONLY,
-            ("merge", "fixed"): MERGE_FIXED}
+            ("merge", "fixed"): MERGE_FIXED, ("merge", "lt"): MERGE_LT}
 
 
 def circuit(name, variant=None):

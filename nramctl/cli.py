@@ -878,7 +878,7 @@ def bench(
 def basin(
     task_name: Annotated[str, typer.Argument(metavar="TASK", help="A task with a hand-wired circuit: access, "
                                              "increment, copy, permutation, listsearch or (with --circuit "
-                                             "fixed) merge.",
+                                             "fixed or lt) merge.",
                                              autocompletion=complete_tasks)],
     mode: Annotated[str, typer.Option(help="scale: the solved model's head x AMOUNT (softer choices); mix: "
                                            "(1 - AMOUNT) solved + AMOUNT fresh initialization.")] = "scale",
@@ -890,6 +890,8 @@ def basin(
                                                    "M >= 14; listsearch: READ, INC, EQ, ADD, WRITE five times), "
                                                    "fixed (permutation: READ, INC, ADD, MIN, WRITE three "
                                                    "times, exact with extra steps; merge: its 20 gates once), "
+                                                   "lt (merge: the same without SUB, B's pointer moved by its "
+                                                   "own LT), "
                                                    "sequence (listsearch: its 11 gates once), walk (listsearch: "
                                                    "the same walk never stopping, its comparison wired, a "
                                                    "stepping stone, not a solution), walk-only (the walk "

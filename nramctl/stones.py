@@ -22,6 +22,7 @@ Merge (circuits.MERGE_FIXED's merge; cells 0-2 and the cells the steps write sco
     merge1pb                              one step comparing A's head with B's pointer itself
     merge1o                               one step, only the written cell and cell 2 scored (the minimum of
                                           the two heads written, without the choice of pointer to move)
+    merge1m                               one step, only cells 0 and 1 scored (which pointer moves)
     merge1a, merge1b (to merge4a, 4b)     K steps with B or A empty: a copy of one run
     merge1ab (to merge4ab)                the same, B or A empty half the time each
     merge1, merge2, merge3, merge4        K steps from a state the merge passes through
@@ -192,6 +193,14 @@ def merge_shallow(sides):
     return fn
 
 
+def merge_moves(n, M, rng, k):
+    """merge1 with only cells 0 and 1 scored: which pointer moves, without the output written."""
+    mem, target, mask = merge_steps(1)(n, M, rng, k)
+    mask[:] = False
+    mask[:, :2] = True
+    return mem, target, mask
+
+
 def merge_out(n, M, rng, k):
     """merge1 with only the written cell and cell 2 scored: the minimum of the two heads written, without
     the choice of the pointer that moves."""
@@ -212,6 +221,7 @@ def _stones():
     out["merge"]["merge1p"] = (merge_shallow("ab"), "1", mg)
     out["merge"]["merge1pb"] = (merge_shallow("b"), "1", mg)
     out["merge"]["merge1o"] = (merge_out, "1", mg)
+    out["merge"]["merge1m"] = (merge_moves, "1", mg)
     for c in (1, 2, 3, 4):
         for only in ("a", "b", "ab", None):
             out["merge"][f"merge{c}{only or ''}"] = (merge_steps(c, only), str(c), mg)

@@ -6,7 +6,7 @@ from torch import nn
 
 from nramctl.circuits import (CIRCUITS, GATES, LISTSEARCH_HALT, LISTSEARCH_HALT_WALK, LISTSEARCH_HALT_WALK_ONLY,
                               LISTSEARCH_SEQUENCE, LISTSEARCH_UNIFORM, LISTSEARCH_WALK, LISTSEARCH_WALK_ONLY,
-                              MERGE_FIXED, PERMUTATION_FIXED, PERMUTATION_UNIFORM, VARIANTS)
+                              MERGE_FIXED, MERGE_LT, PERMUTATION_FIXED, PERMUTATION_UNIFORM, VARIANTS)
 from nramctl.config import task_config
 from nramctl.data import make_batch
 from nramctl.discrete import discrete_run
@@ -267,12 +267,14 @@ def test_phase_free_listsearch_circuit_stops_its_walk_at_the_first_match(M, T, w
 
 @pytest.mark.parametrize("M", [25, 31])
 @pytest.mark.parametrize("T", ["2*n+3", "n", "3*n+7"])
-def test_phase_free_merge_circuit_is_a_fixed_point(M, T):
+@pytest.mark.parametrize("wiring", [MERGE_FIXED, MERGE_LT], ids=["fixed", "lt"])
+def test_phase_free_merge_circuit_is_a_fixed_point(M, T, wiring):
     """One circuit repeated every step (twenty gates, R = 1) merges A and B, fuzzy and discrete, at the
     task's M and at a larger one: n steps suffice (one element a step), and once both heads are the
     guardian nothing moves, so tasks.yaml's steps and more give the same answer. The oracle is a plain
-    merge of the two sorted runs read back from the memory, checked against the task's targets first."""
-    R, repeat, _, rules, gates = MERGE_FIXED
+    merge of the two sorted runs read back from the memory, checked against the task's targets first.
+    MERGE_LT moves B's pointer by its own comparison instead of with SUB."""
+    R, repeat, _, rules, gates = wiring
     model = wired(R, gates, rules, repeat=repeat)
     n = (M - 5) // 2
     b = make_batch("merge", M, np.arange(1, n + 1).repeat(8), np.random.default_rng(M), T)

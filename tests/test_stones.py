@@ -73,10 +73,10 @@ def _plain_merge_step(m):
 
 
 def test_merge_stones_against_a_plain_merge_step_and_the_circuit():
-    """merge1: one plain merge step; merge1o scores only the written cell and cell 2; merge1p compares the
-    two pointers themselves, merge1pb A's head with B's pointer (the circuit with MIN and LE reading those
-    is exact on each, MERGE_FIXED is not); merge1ab has A or B empty; MERGE_FIXED is exact on every deep
-    stone."""
+    """merge1: one plain merge step; merge1o scores only the written cell and cell 2, merge1m cells 0 and 1;
+    merge1p compares the two pointers themselves, merge1pb A's head with B's pointer (the circuit with MIN
+    and LE reading those is exact on each, MERGE_FIXED is not); merge1ab has A or B empty; MERGE_FIXED is
+    exact on every deep stone."""
     one, out, shallow = (stones.stone("merge", s).task for s in ("merge1", "merge1o", "merge1p"))
     for n in range(1, 11):
         mem, target, mask = one.batch(n, 25, np.random.default_rng(n), 20)
@@ -85,6 +85,8 @@ def test_merge_stones_against_a_plain_merge_step_and_the_circuit():
             assert k[:3] == [True] * 3 and [t[i] for i in range(25) if k[i]] == [want[i] for i in range(25) if k[i]]
         mem, target, mask = out.batch(n, 25, np.random.default_rng(n), 20)
         assert not mask[:, :2].any() and mask[:, 2].all()
+        mem, target, mask = stones.stone("merge", "merge1m").task.batch(n, 25, np.random.default_rng(n), 20)
+        assert mask[:, :2].all() and not mask[:, 2:].any()
         mem, target, mask = shallow.batch(n, 25, np.random.default_rng(n), 20)
         for m, t, k in zip(mem.tolist(), target.tolist(), mask.tolist()):
             a, b, o = m[:3]
@@ -98,7 +100,7 @@ def test_merge_stones_against_a_plain_merge_step_and_the_circuit():
         n1 = {m.index(24, 3) - 3 for m in mem.tolist()}               # A's run ends at the first guardian
         assert n1 == {0, n}                                           # A or B empty, both drawn
     deep = wired(MERGE_FIXED.R, MERGE_FIXED.gates, MERGE_FIXED.rules)
-    for name in ("merge1", "merge1o", "merge2a", "merge3b", "merge1ab", "merge4"):
+    for name in ("merge1", "merge1o", "merge1m", "merge2a", "merge3b", "merge1ab", "merge4"):
         st = stones.stone("merge", name)
         _exact(deep, st.task.name, 25, np.arange(1, 11).repeat(6), st.T)
     rules = [({}, {**MERGE_FIXED.rules[0][1], "MIN": ["READ", "READ#2"], "LE": ["READ", "READ#2"]})]
