@@ -64,7 +64,7 @@ def test_basin_command_prints_json_and_refuses_bad_input():
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["task"] == "access" and out["controller"] == "mlp" and out["seeds"] == 2 and out["rows"][0]["recovered"] == 2
-    for args, needle in ((["merge"], "no hand-wired circuit for merge (its phase-free circuits: --circuit fixed)"),
+    for args, needle in ((["merge"], "no hand-wired circuit for merge (its phase-free circuits: --circuit fixed, lt)"),
                          (["walkbst"], "no hand-wired circuit for walkbst; basin knows"), (["copy", "--mode", "warp"], "--mode"),
                          (["copy", "--amounts", "a,b"], "--amounts"), (["copy", "--seeds", "0"], "--seeds"),
                          (["sort"], "unknown task 'sort'"), (["copy", "--set", "train.lr=x"], "train.lr"),

@@ -23,7 +23,8 @@ LS_RULES = [({}, {"READ": ["r0"], "INC": ["READ"], "READ#2": ["READ"], "READ#3":
                   "EQ": ["READ#3", "READ#4"], "ADD": ["EQ", "EQ"], "WRITE": ["ADD", "READ#2"],
                   "WRITE#2": ["TWO", "READ"]})]
 LS = [f"model.gates=[{','.join(LS_GATES)}]", "model.controller=mlp", "model.R=1", "model.repeat=1",
-      "model.stop_bias=-10", "model.keep_bias=10", "train.batch=8", "train.eval_examples=60"]
+      "model.stop_bias=-10", "model.keep_bias=10", "train.batch=8", "train.eval_examples=60",
+      "train.stones.polish=0", "train.population.mode=off", "train.population.deadlines=[]"]   # (not tasks.yaml's)
 
 
 def _exact(model, name, M, difficulties, rule):
@@ -137,6 +138,17 @@ def _trainer(extra=()):
     return trainer
 
 
+def _train(trainer, until):
+    """Train to step `until`, checking every 50 steps as `Trainer.run` does; the stone events."""
+    events = []
+    while trainer.step < until:
+        trainer.train_step()
+        if trainer.step % 50 == 0:
+            trainer.check()
+            events += trainer.after_stones()
+    return events
+
+
 def test_each_seed_moves_on_when_exact_on_its_stone_others_after_the_stone_steps():
     """The wired seed is exact on `step` and `step2` at the first checks and moves on at each (fresh Adam
     moments for it alone); the fresh seed trains each stone its full train.stones.steps, on the stone's
@@ -156,11 +168,7 @@ def test_each_seed_moves_on_when_exact_on_its_stone_others_after_the_stone_steps
     assert trainer.adam_start == [50, 0]
     b = trainer.batch()
     assert (b.T[:8] == 2).all() and (b.T[8:] == 1).all()          # step2 (T 2) for seed 0, `step` for seed 1
-    while trainer.step < 200:
-        trainer.train_step()
-        if trainer.step % 50 == 0:
-            trainer.check()
-            events += trainer.after_stones()
+    events += _train(trainer, 200)
     assert trainer.stage == [2, 2] and trainer.stone_of(0) is None
     moves = [(e["seed"], e["stone"], e["how"], e["step"]) for e in events]
     assert moves == [(40, "step", "exact", 50), (40, "step2", "exact", 100), (41, "step", "advanced", 100),
@@ -177,12 +185,7 @@ def test_a_seed_stuck_on_a_stone_makes_way_for_a_fresh_seed_from_the_first_stone
     """stuck: restart. The fresh seed (a new number) starts at the first stone, is counted as tried, and
     the stuck seed retires with the stones it left; the seed exact on its stones is untouched."""
     trainer = _trainer(["train.stones.names=[step,step2]", "train.stones.steps=100", "train.stones.stuck=restart"])
-    events = []
-    while trainer.step < 100:
-        trainer.train_step()
-        if trainer.step % 50 == 0:
-            trainer.check()
-            events += trainer.after_stones()
+    events = _train(trainer, 100)
     restart = [e for e in events if e["event"] == "stone-restart"]
     assert restart == [{"event": "stone-restart", "seed": 42, "replaces": 41, "stone": "step", "step": 100}]
     assert trainer.seeds == [40, 42] and trainer.stage == [2, 0] and trainer.stage_start[1] == 100
@@ -197,19 +200,11 @@ def test_resume_in_the_middle_of_the_stones_is_bit_for_bit():
     """A trainer rebuilt from its state_dict between stones trains on exactly as the original."""
     extra = ["train.stones.names=[step-pair,step,step2]", "train.stones.steps=100"]
     a = _trainer(extra)
-    for _ in range(150):
-        a.train_step()
-        if a.step % 50 == 0:
-            a.check()
-            a.after_stones()
+    _train(a, 150)
     b = Trainer.from_state(a.cfg, a.state_dict())
     assert b.stage == a.stage and b.stone_log == a.stone_log
     for t in (a, b):
-        for _ in range(100):
-            t.train_step()
-            if t.step % 50 == 0:
-                t.check()
-                t.after_stones()
+        _train(t, 250)
     assert a.stage == b.stage and a.stone_log == b.stone_log
     for (k, p), q in zip(a.model.named_parameters(), b.model.parameters()):
         assert torch.equal(p, q), k
@@ -226,3 +221,13 @@ def test_reproduce_counts_seeds_by_how_they_left_each_stone():
         "step": {"exact": 1, "advanced": 1}, "step2": {"exact": 0, "advanced": 1}, "listsearch": {"reached": 1}}
     assert list(stone_counts(["step", "step2"], "listsearch", rows)) == ["step", "step2", "listsearch"]
     assert stone_counts([], "listsearch", rows) is None
+
+
+def test_polish_keeps_an_exact_seed_on_its_stone_that_many_steps_more():
+    """train.stones.polish 100: the wired seed, exact on `step` from the check at step 50, moves on at the
+    first check 100 steps later; the fresh seed still moves on after train.stones.steps."""
+    trainer = _trainer(["train.stones.names=[step,step2]", "train.stones.steps=200", "train.stones.polish=100"])
+    events = _train(trainer, 200)
+    assert [(e["seed"], e["stone"], e["how"], e["step"]) for e in events] == [
+        (40, "step", "exact", 150), (41, "step", "advanced", 200)]
+    assert trainer.stone_log[0] == [["step", 150, 0.0, "exact"]] and trainer.stone_exact[0] == 200  # on step2
