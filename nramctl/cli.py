@@ -935,7 +935,7 @@ def tasks(ctx: typer.Context, config: Annotated[Optional[Path], typer.Option(hel
         rows.append({"task": name, "M": cfg.M, "difficulty": cfg.difficulty, "T": cfg.T,
                      "R": cfg.model.R, "controller": cfg.model.controller,
                      "gates": len(cfg.model.gates) * cfg.model.repeat,
-                     "min_difficulty": task(name).min_difficulty})
+                     "min_difficulty": task(name).min_difficulty, "stones": list(cfg.train.stones.names)})
     render.emit_json(rows) if json else render.tasks_table(rows)
 
 

@@ -250,12 +250,15 @@ def runs_table(rows):
 
 def tasks_table(rows):
     t = Table(title="tasks (defaults from tasks.yaml)")
-    for col in ("task", "M", "train difficulty", "T rule", "R", "controller", "gates"):
+    for col in ("task", "M", "train difficulty", "T rule", "R", "controller", "gates", "stepping stones"):
         t.add_column(col)
     for r in rows:
         t.add_row(r["task"], str(r["M"]), str(r["difficulty"]), r["T"], str(r["R"]), r["controller"],
-                  str(r["gates"]))
+                  str(r["gates"]), str(len(r.get("stones") or [])) if r.get("stones") else "-")
     console.print(t)
+    if any(r.get("stones") for r in rows):    # a stone's examples: nramctl tasks sample TASK:STONE
+        console.print("stepping stones (train.stones): " + "; ".join(
+            f"{r['task']}: {', '.join(r['stones'])}" for r in rows if r.get("stones")))
 
 
 def samples(r):

@@ -231,3 +231,22 @@ def test_polish_keeps_an_exact_seed_on_its_stone_that_many_steps_more():
     assert [(e["seed"], e["stone"], e["how"], e["step"]) for e in events] == [
         (40, "step", "exact", 150), (41, "step", "advanced", 200)]
     assert trainer.stone_log[0] == [["step", 150, 0.0, "exact"]] and trainer.stone_exact[0] == 200  # on step2
+
+
+def test_tasks_lists_the_stones_and_samples_one():
+    """`nramctl tasks --json` gives each task's stones (tasks.yaml's chain for ListSearch, none for Copy);
+    `tasks sample TASK:STONE` shows a stone's examples; an unknown stone is one line and exit 2 (bad input)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from nramctl.cli import app
+    runner = CliRunner()
+    rows = {r["task"]: r for r in json.loads(runner.invoke(app, ["tasks", "--json"]).output)}
+    assert rows["listsearch"]["stones"] == ["step-pair", "step-hop", "step-inc", "step", "step2", "step3", "step4"]
+    assert rows["copy"]["stones"] == []
+    out = json.loads(runner.invoke(app, ["tasks", "sample", "listsearch:step2", "--M", "15", "--json"]).output)
+    assert out["task"] == "listsearch:step2" and all(sum(e["mask"]) == 2 for e in out["examples"])
+    bad = runner.invoke(app, ["tasks", "sample", "listsearch:nope", "--M", "15"])
+    assert bad.exit_code == 2 and "no stepping stone 'listsearch:nope'" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
