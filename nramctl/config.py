@@ -285,7 +285,7 @@ def validate(cfg):
         stones = [stone(t.name, name) for name in tr.stones.names]
     except TaskError as e:
         raise ConfigError(f"train.stones.names: {e}") from None
-    tr.stones.names = [s.task.name.split(":", 1)[1] for s in stones]
+    tr.stones.names = [s.name for s in stones]
     need(c.p_any + c.p_upto <= 1, "train.curriculum.p_any", c.p_any, "and p_upto must sum to at most 1")
     try:
         circuit(m.gates, m.repeat)

@@ -37,6 +37,7 @@ from . import tasks as T
 
 @dataclass(frozen=True)
 class Stone:
+    name: str               # its own name, e.g. step2
     task: T.Task            # generator and memory needs, named TASK:STONE
     T: str                  # its timestep rule
 
@@ -225,7 +226,7 @@ def _stones():
     for c in (1, 2, 3, 4):
         for only in ("a", "b", "ab", None):
             out["merge"][f"merge{c}{only or ''}"] = (merge_steps(c, only), str(c), mg)
-    return {task: {name: Stone(T.Task(f"{task}:{name}", fn, base.min_M, base.min_difficulty), rule)
+    return {task: {name: Stone(name, T.Task(f"{task}:{name}", fn, base.min_M, base.min_difficulty), rule)
                    for name, (fn, rule, base) in stones.items()} for task, stones in out.items()}
 
 

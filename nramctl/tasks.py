@@ -265,9 +265,10 @@ TASKS = {t.name: t for t in [
 def task(name):
     """The task of that name, or a task's stepping stone named TASK:STONE (`stones.py`)."""
     key = str(name).lower()
-    if ":" in key and key.split(":", 1)[0] in TASKS:
+    base = key.split(":", 1)[0]
+    if base != key and base in TASKS:
         from .stones import stone
-        return stone(key.split(":", 1)[0], key).task
+        return stone(base, key).task
     if key not in TASKS:
         raise TaskError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
     return TASKS[key]

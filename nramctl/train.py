@@ -29,6 +29,13 @@ def build_model(cfg, seed_values=None):
     return NRAM(m.R, m.gates, m.repeat, m.controller, m.hidden, seeds, m.stop_bias, m.keep_bias, m.head_scale)
 
 
+def _zero_moments(state, at):
+    """Zero one parameter's Adam moments (its per-seed tensors) at seed positions `at`."""
+    for v in state.values():
+        if torch.is_tensor(v) and v.dim() > 0:
+            v[at] = 0
+
+
 def seed_list(cfg):
     return [cfg.train.seed + s for s in range(cfg.train.seeds)]
 
@@ -190,9 +197,7 @@ class Trainer:
                 for k, v in moments.items():
                     self.opt.state[i][k][bad] = v
                 if not moments and i in self.opt.state:    # the very first update: no moments yet
-                    for k, v in self.opt.state[i].items():
-                        if torch.is_tensor(v) and v.dim() > 0:
-                            v[bad] = 0
+                    _zero_moments(self.opt.state[i], bad)
         for s in bad.nonzero()[:, 0].tolist():
             self.nonfinite[s] += 1
 
@@ -326,7 +331,7 @@ class Trainer:
     def _next_stone(self, s, error, how):
         """Seed position s leaves its stone (`how`: exact or advanced) for the next stone or the task,
         with its weights and fresh Adam moments (as a new training would start it)."""
-        name = self.stones[self.stage[s]].task.name.split(":", 1)[1]
+        name = self.stones[self.stage[s]].name
         steps = self.step - self.stage_start[s]
         self.stone_log[s].append([name, steps, round(error, 4), how])
         self._stone_events.append({"event": "stone", "seed": self.seeds[s], "stone": name, "how": how,
@@ -335,9 +340,7 @@ class Trainer:
         self.stage_start[s], self.stone_exact[s], self.last_improved[s] = self.step, None, self.step
         with torch.no_grad():
             for st in self.opt.state.values():
-                for v in st.values():
-                    if torch.is_tensor(v) and v.dim() > 0:
-                        v[s] = 0
+                _zero_moments(st, s)
         self.adam_start[s] = self.opt.steps()
         self._set_lrs()
 
@@ -347,7 +350,7 @@ class Trainer:
         events, self._stone_events = self._stone_events, []
         stuck, self._stuck_on_stone = self._stuck_on_stone, []
         for s in stuck:
-            old, name = self.seeds[s], self.stones[self.stage[s]].task.name.split(":", 1)[1]
+            old, name = self.seeds[s], self.stones[self.stage[s]].name
             events.append({"event": "stone-restart", "seed": self.restart(s), "replaces": old, "stone": name,
                            "step": self.step})
         return events
@@ -458,7 +461,7 @@ class Trainer:
             return {}
         log, stage = (state.get("stone_log", [[]])[0], state.get("stage", [0])[0]) if state is not None \
             else (self.stone_log[s], self.stage[s])
-        at = self.stones[stage].task.name.split(":", 1)[1] if stage < len(self.stones) else self.cfg.task
+        at = self.stones[stage].name if stage < len(self.stones) else self.cfg.task
         return {"stones": [list(x) for x in log], "stage": at}
 
     def all_best_params(self):
@@ -539,7 +542,7 @@ class Trainer:
             if self.solved_step[s] is not None:
                 r["solved_step"] = self.solved_step[s]
             if self.stone_of(s) is not None:
-                r["stone"] = self.stone_of(s).task.name.split(":", 1)[1]
+                r["stone"] = self.stone_of(s).name
             if a["nonfinite"][s]:
                 r["nonfinite_rolled_back"] = int(a["nonfinite"][s])   # steps undone since the last record
             recs.append(r)
